@@ -1,0 +1,442 @@
+package quota
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeClock is a Clock that moves only when told.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Unix(1_700_000_000, 0)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+func (c *fakeClock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = t
+}
+
+func mustLimits(t testing.TB, specs ...string) []Limit {
+	t.Helper()
+	var ls []Limit
+	for _, s := range specs {
+		l, err := ParseLimit(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+	}
+	return ls
+}
+
+func reserve(t testing.TB, s Store, req Request) Reservation {
+	t.Helper()
+	r, err := s.Reserve(context.Background(), req)
+	if err != nil {
+		t.Fatalf("Reserve(%q): %v", req.Key, err)
+	}
+	return r
+}
+
+// checkBound fails if more than l.Count of the sorted times fall in any
+// half-open interval of length l.Window.
+func checkBound(t testing.TB, times []time.Time, l Limit) {
+	t.Helper()
+	sorted := slices.Clone(times)
+	slices.SortFunc(sorted, func(a, b time.Time) int { return a.Compare(b) })
+	for i := l.Count; i < len(sorted); i++ {
+		if gap := sorted[i].Sub(sorted[i-l.Count]); gap < l.Window {
+			t.Fatalf("limit %v broken: %d slots within %v (slot %d at %v, slot %d at %v)",
+				l, l.Count+1, gap, i-l.Count, sorted[i-l.Count], i, sorted[i])
+		}
+	}
+}
+
+func TestParseLimit(t *testing.T) {
+	tests := []struct {
+		in   string
+		want Limit
+		err  bool
+	}{
+		{in: "15/1s", want: Limit{15, time.Second}},
+		{in: "300/1m", want: Limit{300, time.Minute}},
+		{in: "10000/24h", want: Limit{10000, 24 * time.Hour}},
+		{in: "350/h", want: Limit{350, time.Hour}},
+		{in: " 20 / 1h ", want: Limit{20, time.Hour}},
+		{in: "5/7d", want: Limit{5, 7 * 24 * time.Hour}},
+		{in: "2/1m30s", want: Limit{2, 90 * time.Second}},
+		{in: "10/250ms", want: Limit{10, 250 * time.Millisecond}},
+		{in: "300/lol", err: true},
+		{in: "300", err: true},
+		{in: "0/1s", err: true},
+		{in: "-1/1s", err: true},
+		{in: "1.5/1s", err: true},
+		{in: "10/0s", err: true},
+		{in: "10/-1s", err: true},
+		{in: "10/1us", err: true},
+		{in: "10/400d", err: true},
+		{in: "99999999999/1s", err: true},
+		{in: "", err: true},
+	}
+	for _, tt := range tests {
+		got, err := ParseLimit(tt.in)
+		if tt.err {
+			if err == nil {
+				t.Errorf("ParseLimit(%q) = %v, want an error", tt.in, got)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("ParseLimit(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+func TestLimitStringRoundTrips(t *testing.T) {
+	for _, s := range []string{"15/1s", "300/1m", "10000/1d", "350/1h", "10/250ms", "2/90s"} {
+		l := mustLimits(t, s)[0]
+		back, err := ParseLimit(l.String())
+		if err != nil || back != l {
+			t.Errorf("ParseLimit(%q.String() = %q) = %v, %v", s, l.String(), back, err)
+		}
+	}
+}
+
+func TestReserveAdmitsUpToCountThenQueuesAWindowLater(t *testing.T) {
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	req := Request{Key: "k", Limits: mustLimits(t, "3/1s"), MaxWait: time.Minute, MaxQueue: 10}
+	start := clock.Now()
+	for i := range 3 {
+		r := reserve(t, s, req)
+		if !r.OK || r.Delay() != 0 {
+			t.Fatalf("request %d: OK=%v delay=%v, want admitted now", i, r.OK, r.Delay())
+		}
+		clock.Advance(100 * time.Millisecond)
+	}
+	// Three slots at 0, 100ms, 200ms: the fourth waits for 0+1s.
+	for i, want := range []time.Duration{time.Second, 1100 * time.Millisecond, 1200 * time.Millisecond, 2 * time.Second} {
+		r := reserve(t, s, req)
+		if !r.OK || r.At.Sub(start) != want {
+			t.Fatalf("queued request %d: OK=%v at=+%v, want +%v", i, r.OK, r.At.Sub(start), want)
+		}
+		if r.Binding != req.Limits[0] {
+			t.Fatalf("queued request %d: binding %v, want %v", i, r.Binding, req.Limits[0])
+		}
+	}
+}
+
+func TestReserveMostRestrictiveWindowWins(t *testing.T) {
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	limits := mustLimits(t, "2/1s", "3/10s")
+	req := Request{Key: "k", Limits: limits, MaxWait: time.Hour, MaxQueue: 100}
+	start := clock.Now()
+	var got []time.Duration
+	var binding []Limit
+	for range 6 {
+		r := reserve(t, s, req)
+		got = append(got, r.At.Sub(start))
+		binding = append(binding, r.Binding)
+	}
+	want := []time.Duration{0, 0, time.Second, 10 * time.Second, 10 * time.Second, 11 * time.Second}
+	if !slices.Equal(got, want) {
+		t.Fatalf("slots %v, want %v", got, want)
+	}
+	wantBinding := []Limit{{}, {}, limits[0], limits[1], limits[1], limits[1]}
+	if !slices.Equal(binding, wantBinding) {
+		t.Fatalf("binding limits %v, want %v", binding, wantBinding)
+	}
+}
+
+func TestRejectModeRefusesWithoutConsumingAndRetryAtSucceeds(t *testing.T) {
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	req := Request{Key: "k", Limits: mustLimits(t, "2/10s")}
+	reserve(t, s, req)
+	clock.Advance(3 * time.Second)
+	reserve(t, s, req)
+	var refused Reservation
+	for range 5 { // refusals consume nothing, however many
+		refused = reserve(t, s, req)
+		if refused.OK {
+			t.Fatal("third request within the window admitted")
+		}
+	}
+	if refused.Delay() != 7*time.Second {
+		t.Fatalf("refusal says retry in %v, want 7s", refused.Delay())
+	}
+	clock.Set(refused.At)
+	if r := reserve(t, s, req); !r.OK || r.Delay() != 0 {
+		t.Fatalf("retry at the advertised time: OK=%v delay=%v", r.OK, r.Delay())
+	}
+}
+
+func TestMaxWaitAndMaxQueueBoundTheQueue(t *testing.T) {
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	limits := mustLimits(t, "1/1s")
+
+	// MaxWait: the third request would wait 2s.
+	req := Request{Key: "wait", Limits: limits, MaxWait: 1500 * time.Millisecond, MaxQueue: 100}
+	reserve(t, s, req)
+	if r := reserve(t, s, req); !r.OK || r.Delay() != time.Second {
+		t.Fatalf("second request: OK=%v delay=%v, want queued 1s", r.OK, r.Delay())
+	}
+	r := reserve(t, s, req)
+	if r.OK || r.QueueFull || r.Delay() != 2*time.Second {
+		t.Fatalf("third request: OK=%v queueFull=%v delay=%v, want refused with 2s", r.OK, r.QueueFull, r.Delay())
+	}
+
+	// MaxQueue: two may wait, the third waiter is refused.
+	req = Request{Key: "queue", Limits: limits, MaxWait: time.Hour, MaxQueue: 2}
+	reserve(t, s, req)
+	reserve(t, s, req)
+	reserve(t, s, req)
+	r = reserve(t, s, req)
+	if r.OK || !r.QueueFull {
+		t.Fatalf("fourth request with two waiting: OK=%v queueFull=%v, want refused as queue full", r.OK, r.QueueFull)
+	}
+	if r.Delay() != 3*time.Second {
+		t.Fatalf("queue-full refusal says %v, want 3s", r.Delay())
+	}
+}
+
+func TestCancelGivesTheSlotBack(t *testing.T) {
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	req := Request{Key: "k", Limits: mustLimits(t, "2/1m"), MaxWait: time.Hour, MaxQueue: 10}
+	a := reserve(t, s, req)
+	reserve(t, s, req)
+	if err := s.Cancel(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+	if r := reserve(t, s, req); !r.OK || r.Delay() != 0 {
+		t.Fatalf("after cancel: OK=%v delay=%v, want admitted now", r.OK, r.Delay())
+	}
+	if r := reserve(t, s, req); !r.OK || r.Delay() != time.Minute {
+		t.Fatalf("third: OK=%v delay=%v, want queued a minute", r.OK, r.Delay())
+	}
+}
+
+func TestCancelOfQueuedSlotNeverBreaksTheBound(t *testing.T) {
+	// A cancelled future slot must not free the window it was booked
+	// against: slots at 0 and 1s (N=2/10s), a queued one at 10s cancelled at
+	// 2s; a request at 2s must still wait until 10s.
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	req := Request{Key: "k", Limits: mustLimits(t, "2/10s"), MaxWait: time.Hour, MaxQueue: 10}
+	start := clock.Now()
+	reserve(t, s, req)
+	clock.Advance(time.Second)
+	reserve(t, s, req)
+	q := reserve(t, s, req)
+	clock.Advance(time.Second)
+	if err := s.Cancel(context.Background(), q); err != nil {
+		t.Fatal(err)
+	}
+	r := reserve(t, s, req)
+	if got := r.At.Sub(start); got != 10*time.Second {
+		t.Fatalf("request after cancelling a queued slot booked at +%v, want +10s", got)
+	}
+}
+
+func TestSlotsKeepArrivalOrder(t *testing.T) {
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	req := Request{Key: "k", Limits: mustLimits(t, "3/1s", "5/3s"), MaxWait: time.Hour, MaxQueue: 1000}
+	var last time.Time
+	for i := range 50 {
+		r := reserve(t, s, req)
+		if r.At.Before(last) {
+			t.Fatalf("request %d booked at %v, before the previous %v", i, r.At, last)
+		}
+		last = r.At
+		clock.Advance(37 * time.Millisecond)
+	}
+}
+
+// TestAnyWindowBoundUnderRandomTraffic drives random arrivals, refusals and
+// cancellations and checks the Store guarantee on the slots that remain.
+func TestAnyWindowBoundUnderRandomTraffic(t *testing.T) {
+	for seed := range uint64(20) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 1))
+			clock := newFakeClock()
+			s := NewMemoryStore(clock)
+			limits := mustLimits(t, "5/1s", "12/5s", "30/1m")
+			req := Request{Key: "k", Limits: limits, MaxWait: time.Duration(rng.IntN(20)) * time.Second, MaxQueue: 1 + rng.IntN(10)}
+			var kept []Reservation
+			for range 2000 {
+				clock.Advance(time.Duration(rng.ExpFloat64() * float64(200*time.Millisecond)))
+				r := reserve(t, s, req)
+				if !r.OK {
+					if r.At.Before(r.Now) {
+						t.Fatalf("refusal with At %v before Now %v", r.At, r.Now)
+					}
+					continue
+				}
+				if rng.IntN(10) == 0 {
+					if err := s.Cancel(context.Background(), r); err != nil {
+						t.Fatal(err)
+					}
+					continue
+				}
+				kept = append(kept, r)
+			}
+			var times []time.Time
+			for _, r := range kept {
+				times = append(times, r.At)
+			}
+			for _, l := range limits {
+				checkBound(t, times, l)
+			}
+		})
+	}
+}
+
+// TestSaturationUsesTheWholeQuota: under constant demand the store books
+// exactly Count slots per Window.
+func TestSaturationUsesTheWholeQuota(t *testing.T) {
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	l := mustLimits(t, "15/1s")[0]
+	req := Request{Key: "k", Limits: []Limit{l}, MaxWait: time.Hour, MaxQueue: 1 << 20}
+	start := clock.Now()
+	booked := 0
+	for {
+		r := reserve(t, s, req)
+		if !r.OK {
+			t.Fatal("refused under generous bounds")
+		}
+		if r.At.Sub(start) >= 10*time.Second {
+			break
+		}
+		booked++
+		clock.Advance(time.Millisecond)
+	}
+	if booked != 150 {
+		t.Fatalf("booked %d slots in 10 windows, want 150", booked)
+	}
+}
+
+func TestKeysAreIndependentAndIdleKeysAreForgotten(t *testing.T) {
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	limits := mustLimits(t, "1/1s")
+	for i := range 1000 {
+		r := reserve(t, s, Request{Key: fmt.Sprint("key-", i), Limits: limits})
+		if !r.OK {
+			t.Fatalf("key %d refused: keys must not share quota", i)
+		}
+	}
+	if n := s.Keys(); n != 1000 {
+		t.Fatalf("Keys() = %d, want 1000", n)
+	}
+	clock.Advance(2 * sweepEvery)
+	for i := range 1000 { // touch every shard so each sweeps
+		reserve(t, s, Request{Key: fmt.Sprint("other-", i), Limits: limits})
+	}
+	if n := s.Keys(); n != 1000 {
+		t.Fatalf("Keys() after the idle ones expired = %d, want 1000 (only the new ones)", n)
+	}
+}
+
+func TestReserveWithoutKeyOrLimits(t *testing.T) {
+	s := NewMemoryStore(nil)
+	if _, err := s.Reserve(context.Background(), Request{}); err != ErrNoKey {
+		t.Fatalf("Reserve without key: err = %v, want ErrNoKey", err)
+	}
+	for range 100 {
+		r := reserve(t, s, Request{Key: "free"})
+		if !r.OK || r.Delay() != 0 {
+			t.Fatal("request without limits was delayed")
+		}
+		if err := s.Cancel(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestConcurrentReservationsKeepTheBound runs many goroutines on one key and
+// on many keys, for the race detector and the bound.
+func TestConcurrentReservationsKeepTheBound(t *testing.T) {
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	limits := mustLimits(t, "10/1s", "25/5s")
+	var mu sync.Mutex
+	var times []time.Time
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				r, err := s.Reserve(context.Background(), Request{Key: "shared", Limits: limits, MaxWait: time.Hour, MaxQueue: 1 << 20})
+				if err != nil || !r.OK {
+					t.Errorf("reserve: %v %v", r.OK, err)
+					return
+				}
+				if i%7 == 0 {
+					_ = s.Cancel(context.Background(), r)
+				} else {
+					mu.Lock()
+					times = append(times, r.At)
+					mu.Unlock()
+				}
+				s.Reserve(context.Background(), Request{Key: fmt.Sprint(g, "-", i), Limits: limits})
+				if g == 0 {
+					clock.Advance(3 * time.Millisecond)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, l := range limits {
+		checkBound(t, times, l)
+	}
+}
+
+func BenchmarkReserveUnderQuota(b *testing.B) {
+	s := NewMemoryStore(nil)
+	limits := []Limit{{Count: 1 << 30 / 1000, Window: time.Second}}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			i++
+			r, _ := s.Reserve(context.Background(), Request{Key: keys[i%len(keys)], Limits: limits})
+			if !r.OK {
+				b.Fatal("refused")
+			}
+		}
+	})
+}
+
+var keys = func() []string {
+	ks := make([]string, 1024)
+	for i := range ks {
+		ks[i] = fmt.Sprintf("upstream/%064x", i)
+	}
+	return ks
+}()

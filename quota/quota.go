@@ -1,0 +1,171 @@
+// Package quota is the admission engine of ratelimit-proxy: it decides when a
+// request of a key may leave so that, for every limit N/W of that key, no more
+// than N requests are released in any interval of length W.
+//
+// The engine knows keys, limits and time; it knows nothing of HTTP. Keys are
+// opaque strings chosen by the caller (the proxy uses a fingerprint of the
+// credential, never the credential itself). Time comes from the Store's Clock,
+// so tests never sleep.
+package quota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Limit is at most Count requests in any interval of length Window.
+type Limit struct {
+	Count  int
+	Window time.Duration
+}
+
+// String returns the limit in the form ParseLimit reads, such as "300/1m".
+func (l Limit) String() string {
+	return strconv.Itoa(l.Count) + "/" + formatWindow(l.Window)
+}
+
+func formatWindow(d time.Duration) string {
+	switch {
+	case d%(24*time.Hour) == 0:
+		return strconv.FormatInt(int64(d/(24*time.Hour)), 10) + "d"
+	case d%time.Hour == 0:
+		return strconv.FormatInt(int64(d/time.Hour), 10) + "h"
+	case d%time.Minute == 0:
+		return strconv.FormatInt(int64(d/time.Minute), 10) + "m"
+	case d%time.Second == 0:
+		return strconv.FormatInt(int64(d/time.Second), 10) + "s"
+	}
+	return d.String()
+}
+
+// MaxLimitCount bounds the count of one limit. The memory store keeps one
+// timestamp per admitted request inside the longest window of a key, so the
+// bound also bounds the memory of one key.
+const MaxLimitCount = 10_000_000
+
+// ParseLimit reads a limit written as COUNT/WINDOW, where WINDOW is a Go
+// duration ("1s", "1m30s", "24h"), a bare unit meaning one of it ("s", "m",
+// "h", "d") or a number of days ("7d"). Examples: "15/1s", "300/1m",
+// "10000/24h", "350/h".
+func ParseLimit(s string) (Limit, error) {
+	count, window, ok := strings.Cut(strings.TrimSpace(s), "/")
+	if !ok {
+		return Limit{}, fmt.Errorf("limit %q: want COUNT/WINDOW, such as 300/1m", s)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(count))
+	if err != nil || n < 1 || n > MaxLimitCount {
+		return Limit{}, fmt.Errorf("limit %q: count must be a whole number from 1 to %d", s, MaxLimitCount)
+	}
+	w, err := parseWindow(strings.TrimSpace(window))
+	if err != nil {
+		return Limit{}, fmt.Errorf("limit %q: %w", s, err)
+	}
+	return Limit{Count: n, Window: w}, nil
+}
+
+func parseWindow(s string) (time.Duration, error) {
+	switch s {
+	case "s":
+		return time.Second, nil
+	case "m":
+		return time.Minute, nil
+	case "h":
+		return time.Hour, nil
+	case "d":
+		return 24 * time.Hour, nil
+	}
+	var d time.Duration
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 1 || n > 366 {
+			return 0, fmt.Errorf("window %q: days must be a whole number from 1 to 366", s)
+		}
+		d = time.Duration(n) * 24 * time.Hour
+	} else {
+		var err error
+		d, err = time.ParseDuration(s)
+		if err != nil {
+			return 0, fmt.Errorf("window %q: want a duration such as 1s, 1m, 24h or 7d", s)
+		}
+	}
+	if d < time.Millisecond || d > 366*24*time.Hour {
+		return 0, fmt.Errorf("window %q: must be from 1ms to 366d", s)
+	}
+	return d, nil
+}
+
+// Request asks a Store for a slot.
+type Request struct {
+	// Key names the bucket; requests with equal keys share every limit.
+	Key string
+	// Limits must all admit the request. An empty list admits at once.
+	Limits []Limit
+	// MaxWait is the longest delay the caller accepts. Zero means the
+	// request is admitted only if it may leave now.
+	MaxWait time.Duration
+	// MaxQueue is how many admitted requests of the key may be waiting for
+	// a future slot; a request that would have to wait beyond them is
+	// refused. It matters only when MaxWait > 0.
+	MaxQueue int
+}
+
+// Reservation is a Store's answer. When OK, the request holds a slot at At
+// and must not be released before it; it gives the slot back with Cancel if
+// it is not sent. When not OK, nothing was consumed and At is the earliest
+// time at which the same request could be admitted at once, assuming no one
+// else takes the quota first.
+type Reservation struct {
+	OK bool
+	// Now is the store's clock at the decision.
+	Now time.Time
+	// At is the slot (OK) or the earliest admissible time (not OK).
+	At time.Time
+	// Binding is the limit that set At when it is later than Now; the zero
+	// Limit when the request was not delayed by a limit.
+	Binding Limit
+	// QueueFull reports that the request was refused because MaxQueue
+	// requests of the key were already waiting.
+	QueueFull bool
+
+	key  string
+	slot int64 // store-specific identity of the booked slot
+}
+
+// Delay is how long the caller must wait before releasing the request (OK),
+// or before retrying (not OK). It is never negative.
+func (r Reservation) Delay() time.Duration {
+	return max(r.At.Sub(r.Now), 0)
+}
+
+// Store books slots for keys. Implementations must be safe for concurrent
+// use and must give this guarantee: for every key and every limit N/W passed
+// with it, the slots of reservations that were returned OK and not
+// cancelled contain no more than N in any half-open interval of length W.
+// Slots of one key are handed out in the order of Reserve calls (FIFO).
+type Store interface {
+	// Reserve books the earliest slot allowed by every limit of req, or
+	// refuses without consuming anything.
+	Reserve(ctx context.Context, req Request) (Reservation, error)
+	// Cancel gives back the slot of an OK reservation that was not used.
+	// Cancelling a refused reservation is harmless; an OK one must be
+	// cancelled at most once.
+	Cancel(ctx context.Context, r Reservation) error
+}
+
+// Clock tells the time. Tests inject a fake one.
+type Clock interface {
+	Now() time.Time
+}
+
+// SystemClock is the real clock.
+type SystemClock struct{}
+
+// Now returns time.Now().
+func (SystemClock) Now() time.Time { return time.Now() }
+
+// ErrNoKey is returned for a Request without a Key.
+var ErrNoKey = errors.New("quota: request has no key")
