@@ -1,0 +1,486 @@
+// Package config reads and checks the ratelimit-proxy YAML configuration.
+//
+// Load refuses a file with an unknown field, a value of the wrong kind, a bad
+// duration or limit, or a host claimed by two upstreams, with an error of the
+// form "FILE:LINE: FIELD.PATH: what is wrong". A Config returned by Load is
+// complete: every default is filled and every relative path resolved against
+// the directory of the file.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole file. See config.example.yaml for every field.
+type Config struct {
+	// Listen is the proxy's address. Default 127.0.0.1:8080 (loopback).
+	Listen string `yaml:"listen"`
+	// Admin is the address of the admin endpoints (/healthz, /ca.pem).
+	// Empty: no admin listener.
+	Admin string `yaml:"admin"`
+	// DataDir holds the generated CA. Default "data" beside the config file.
+	DataDir string `yaml:"data_dir"`
+	// CACert and CAKey are the interception CA's PEM files. Default
+	// DATA_DIR/ca.pem and DATA_DIR/ca-key.pem, generated on first start.
+	CACert string `yaml:"ca_cert"`
+	CAKey  string `yaml:"ca_key"`
+	// UpstreamRoots are PEM files of CAs trusted for upstream TLS in
+	// addition to the system roots.
+	UpstreamRoots []string `yaml:"upstream_roots"`
+	// UnknownHosts says what to do with a host no upstream claims: "allow"
+	// (tunnel CONNECT untouched, forward plain HTTP without limits; the
+	// default) or "deny" (answer 403).
+	UnknownHosts string `yaml:"unknown_hosts"`
+	// Log sets the log level and format.
+	Log Log `yaml:"log"`
+	// Timeouts of client and upstream connections.
+	Timeouts Timeouts `yaml:"timeouts"`
+	// MaxIdleConnsPerHost sizes the pool of idle upstream connections per
+	// host. Default 512.
+	MaxIdleConnsPerHost int `yaml:"max_idle_conns_per_host"`
+	// Upstreams are the APIs whose quotas the proxy enforces.
+	Upstreams []Upstream `yaml:"upstreams"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info (default), warn or error.
+	Level string `yaml:"level"`
+	// Format is json (default) or console.
+	Format string `yaml:"format"`
+}
+
+// Timeouts bound every stage of a connection.
+type Timeouts struct {
+	Dial           Duration `yaml:"dial"`            // default 10s
+	TLSHandshake   Duration `yaml:"tls_handshake"`   // default 10s
+	ResponseHeader Duration `yaml:"response_header"` // default 60s
+	IdleConn       Duration `yaml:"idle_conn"`       // default 90s
+	ClientIdle     Duration `yaml:"client_idle"`     // default 2m
+	ClientHeader   Duration `yaml:"client_header"`   // default 30s
+	TunnelIdle     Duration `yaml:"tunnel_idle"`     // default 5m
+	Shutdown       Duration `yaml:"shutdown"`        // default 15s
+}
+
+// Upstream is one API: the hosts it answers on, how its requests are keyed,
+// and the limits of each key.
+type Upstream struct {
+	// Name identifies the upstream in logs and keys.
+	Name string `yaml:"name"`
+	// Hosts are the host names (optionally host:port) of the API.
+	Hosts []string `yaml:"hosts"`
+	// ConnectTo, when set, is the host:port dialled instead of resolving
+	// the request's host (TLS still verifies the request's host name).
+	ConnectTo string `yaml:"connect_to"`
+	// Identity lists how a request is keyed; the first rule that finds a
+	// credential wins.
+	Identity []IdentityRule `yaml:"identity"`
+	// Limits apply to each key found by an identity rule that has no
+	// limits of its own.
+	Limits []Limit `yaml:"limits"`
+	// Anonymous sets the limits of the one bucket shared by the requests
+	// that match no identity rule. Default: Limits.
+	Anonymous *Anonymous `yaml:"anonymous"`
+	// Overrides replace the limits of particular credentials.
+	Overrides []Override `yaml:"overrides"`
+	// Mode is "queue" (hold a request until it may pass; the default) or
+	// "reject" (answer 429 at once).
+	Mode string `yaml:"mode"`
+	// MaxWait bounds how long a request is held in queue mode. Default 30s.
+	MaxWait Duration `yaml:"max_wait"`
+	// MaxQueue bounds how many requests of one key are held at once in
+	// queue mode. Default 1000.
+	MaxQueue int `yaml:"max_queue"`
+	// WindowMargin widens every window by this much, to absorb network
+	// jitter between the proxy and the vendor's clock. Default: 1% of the
+	// window, at least 10ms and at most 1s.
+	WindowMargin Duration `yaml:"window_margin"`
+}
+
+// IdentityRule finds a credential in a request. Exactly one of Header,
+// Authorization, Query and SourceIP is set.
+type IdentityRule struct {
+	// Header names a request header holding the credential (apikey).
+	Header string `yaml:"header"`
+	// Authorization names a scheme of the Authorization header (Bearer,
+	// Key); the credential is what follows it.
+	Authorization string `yaml:"authorization"`
+	// Query names a URL query parameter holding the credential.
+	Query string `yaml:"query"`
+	// SourceIP keys the request on the client's IP address.
+	SourceIP bool `yaml:"source_ip"`
+	// Limits, when set, replace the upstream's Limits for keys this rule
+	// finds.
+	Limits []Limit `yaml:"limits"`
+}
+
+// Kind names the rule for logs: "header:apikey", "authorization:bearer",
+// "query:access_token" or "source_ip".
+func (r IdentityRule) Kind() string {
+	switch {
+	case r.Header != "":
+		return "header:" + strings.ToLower(r.Header)
+	case r.Authorization != "":
+		return "authorization:" + strings.ToLower(r.Authorization)
+	case r.Query != "":
+		return "query:" + r.Query
+	default:
+		return "source_ip"
+	}
+}
+
+// Anonymous configures the bucket of requests without a credential.
+type Anonymous struct {
+	Limits []Limit `yaml:"limits"`
+}
+
+// Override replaces the limits of credentials that start with Prefix, or
+// whose SHA-256 fingerprint (lower-case hex, at least its first 12 digits)
+// is Fingerprint. Individual fingerprints win over prefixes; the longest
+// prefix wins among prefixes.
+type Override struct {
+	Prefix      string  `yaml:"prefix"`
+	Fingerprint string  `yaml:"fingerprint"`
+	Limits      []Limit `yaml:"limits"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("30s").
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return &nodeError{n, "want a duration such as 30s"}
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v < 0 {
+		return &nodeError{n, fmt.Sprintf("duration %q: want a non-negative duration such as 500ms, 30s or 5m", n.Value)}
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Limit is a quota.Limit written as "COUNT/WINDOW" ("300/1m").
+type Limit quota.Limit
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (l *Limit) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return &nodeError{n, "want a limit such as 300/1m"}
+	}
+	v, err := quota.ParseLimit(n.Value)
+	if err != nil {
+		return &nodeError{n, err.Error()}
+	}
+	*l = Limit(v)
+	return nil
+}
+
+// Limits converts a list of config limits to the engine's type.
+func Limits(ls []Limit) []quota.Limit {
+	out := make([]quota.Limit, len(ls))
+	for i, l := range ls {
+		out[i] = quota.Limit(l)
+	}
+	return out
+}
+
+// nodeError is an error about one node of the document; Load turns it into
+// "FILE:LINE: PATH: message".
+type nodeError struct {
+	node *yaml.Node
+	msg  string
+}
+
+func (e *nodeError) Error() string { return fmt.Sprintf("line %d: %s", e.node.Line, e.msg) }
+
+// Load reads, checks and completes the configuration at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	cfg, err := Parse(path, data)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("resolving the directory of %s: %w", path, err)
+	}
+	cfg.resolvePaths(dir)
+	return cfg, nil
+}
+
+// Parse checks and completes a configuration held in data; name is used in
+// error messages. Relative paths are left as they are.
+func Parse(name string, data []byte) (*Config, error) {
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%s: the file is empty", name)
+		}
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if len(doc.Content) == 0 {
+		return nil, fmt.Errorf("%s: the file is empty", name)
+	}
+	d := &document{name: name, paths: map[*yaml.Node]string{}}
+	root := doc.Content[0]
+	if err := d.check(root, configType, ""); err != nil {
+		return nil, err
+	}
+	var cfg Config
+	if err := root.Decode(&cfg); err != nil {
+		var ne *nodeError
+		if errors.As(err, &ne) {
+			return nil, d.errorf(ne.node, "%s: %s", display(d.paths[ne.node]), ne.msg)
+		}
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := cfg.validate(d, root); err != nil {
+		return nil, err
+	}
+	cfg.fillDefaults()
+	return &cfg, nil
+}
+
+func (c *Config) fillDefaults() {
+	c.Listen = or(c.Listen, "127.0.0.1:8080")
+	c.DataDir = or(c.DataDir, "data")
+	c.CACert = or(c.CACert, filepath.Join(c.DataDir, "ca.pem"))
+	c.CAKey = or(c.CAKey, filepath.Join(c.DataDir, "ca-key.pem"))
+	c.UnknownHosts = or(c.UnknownHosts, "allow")
+	c.Log.Level = or(c.Log.Level, "info")
+	c.Log.Format = or(c.Log.Format, "json")
+	if c.MaxIdleConnsPerHost == 0 {
+		c.MaxIdleConnsPerHost = 512
+	}
+	t := &c.Timeouts
+	for _, f := range []struct {
+		d   *Duration
+		def time.Duration
+	}{
+		{&t.Dial, 10 * time.Second}, {&t.TLSHandshake, 10 * time.Second},
+		{&t.ResponseHeader, 60 * time.Second}, {&t.IdleConn, 90 * time.Second},
+		{&t.ClientIdle, 2 * time.Minute}, {&t.ClientHeader, 30 * time.Second},
+		{&t.TunnelIdle, 5 * time.Minute}, {&t.Shutdown, 15 * time.Second},
+	} {
+		if *f.d == 0 {
+			*f.d = Duration(f.def)
+		}
+	}
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		u.Mode = or(u.Mode, "queue")
+		if u.MaxWait == 0 {
+			u.MaxWait = Duration(30 * time.Second)
+		}
+		if u.MaxQueue == 0 {
+			u.MaxQueue = 1000
+		}
+		if u.Anonymous == nil {
+			u.Anonymous = &Anonymous{Limits: u.Limits}
+		}
+		for j := range u.Hosts {
+			u.Hosts[j] = strings.ToLower(u.Hosts[j])
+		}
+		for j := range u.Overrides {
+			u.Overrides[j].Fingerprint = strings.ToLower(u.Overrides[j].Fingerprint)
+		}
+	}
+}
+
+func (c *Config) resolvePaths(dir string) {
+	abs := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(dir, p)
+	}
+	c.DataDir = abs(c.DataDir)
+	c.CACert = abs(c.CACert)
+	c.CAKey = abs(c.CAKey)
+	for i, p := range c.UpstreamRoots {
+		c.UpstreamRoots[i] = abs(p)
+	}
+}
+
+// Margin is the widening applied to a window of this upstream.
+func (u *Upstream) Margin(window time.Duration) time.Duration {
+	if u.WindowMargin > 0 {
+		return time.Duration(u.WindowMargin)
+	}
+	return min(max(window/100, 10*time.Millisecond), time.Second)
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+var (
+	nameRE        = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)
+	tokenRE       = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+	fingerprintRE = regexp.MustCompile(`^[0-9a-fA-F]{12,64}$`)
+)
+
+func (c *Config) validate(d *document, root *yaml.Node) error {
+	fail := func(path, format string, args ...any) error {
+		return d.errorf(d.node(root, path), "%s: %s", path, fmt.Sprintf(format, args...))
+	}
+	if err := checkAddr(c.Listen, true); err != nil {
+		return fail("listen", "%v", err)
+	}
+	if err := checkAddr(c.Admin, true); err != nil {
+		return fail("admin", "%v", err)
+	}
+	if c.Listen != "" && c.Listen == c.Admin {
+		return fail("admin", "admin and listen must differ")
+	}
+	switch c.UnknownHosts {
+	case "", "allow", "deny":
+	default:
+		return fail("unknown_hosts", "%q: want allow or deny", c.UnknownHosts)
+	}
+	switch c.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return fail("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "", "json", "console":
+	default:
+		return fail("log.format", "%q: want json or console", c.Log.Format)
+	}
+	if c.MaxIdleConnsPerHost < 0 {
+		return fail("max_idle_conns_per_host", "must not be negative")
+	}
+	if (c.CACert == "") != (c.CAKey == "") {
+		return fail("ca_cert", "ca_cert and ca_key go together: set both or neither")
+	}
+	names := map[string]string{}
+	hosts := map[string]string{}
+	for i, u := range c.Upstreams {
+		p := fmt.Sprintf("upstreams[%d]", i)
+		if !nameRE.MatchString(u.Name) {
+			return fail(p+".name", "%q: want a name of lower-case letters, digits, '.', '_' or '-'", u.Name)
+		}
+		if prev, dup := names[u.Name]; dup {
+			return fail(p+".name", "name %q is already used by %s", u.Name, prev)
+		}
+		names[u.Name] = p
+		if len(u.Hosts) == 0 {
+			return fail(p, "upstream %q has no hosts", u.Name)
+		}
+		for j, h := range u.Hosts {
+			hp := fmt.Sprintf("%s.hosts[%d]", p, j)
+			if err := checkHost(h); err != nil {
+				return fail(hp, "%v", err)
+			}
+			key := strings.ToLower(h)
+			if prev, dup := hosts[key]; dup {
+				return fail(hp, "host %q is already claimed by %s", h, prev)
+			}
+			hosts[key] = fmt.Sprintf("%s (%s)", hp, u.Name)
+		}
+		if u.ConnectTo != "" {
+			if _, port, err := net.SplitHostPort(u.ConnectTo); err != nil || port == "" {
+				return fail(p+".connect_to", "%q: want host:port", u.ConnectTo)
+			}
+		}
+		for j, r := range u.Identity {
+			rp := fmt.Sprintf("%s.identity[%d]", p, j)
+			set := 0
+			for _, s := range []string{r.Header, r.Authorization, r.Query} {
+				if s != "" {
+					set++
+				}
+			}
+			if r.SourceIP {
+				set++
+			}
+			if set != 1 {
+				return fail(rp, "set exactly one of header, authorization, query, source_ip")
+			}
+			for _, f := range []struct{ name, v string }{{"header", r.Header}, {"authorization", r.Authorization}} {
+				if f.v != "" && !tokenRE.MatchString(f.v) {
+					return fail(rp+"."+f.name, "%q is not a valid HTTP token", f.v)
+				}
+			}
+			if strings.EqualFold(r.Header, "Authorization") {
+				return fail(rp+".header", "use authorization: SCHEME to key on the Authorization header")
+			}
+		}
+		switch u.Mode {
+		case "", "queue", "reject":
+		default:
+			return fail(p+".mode", "%q: want queue or reject", u.Mode)
+		}
+		if u.MaxQueue < 0 {
+			return fail(p+".max_queue", "must not be negative")
+		}
+		for j, o := range u.Overrides {
+			op := fmt.Sprintf("%s.overrides[%d]", p, j)
+			if (o.Prefix == "") == (o.Fingerprint == "") {
+				return fail(op, "set exactly one of prefix and fingerprint")
+			}
+			if o.Fingerprint != "" && !fingerprintRE.MatchString(o.Fingerprint) {
+				return fail(op+".fingerprint", "want 12 to 64 hex digits of the credential's SHA-256 (as the logs show it), not the credential")
+			}
+			if len(o.Limits) == 0 {
+				return fail(op, "an override needs limits")
+			}
+		}
+	}
+	return nil
+}
+
+func checkAddr(addr string, emptyOK bool) error {
+	if addr == "" {
+		if emptyOK {
+			return nil
+		}
+		return errors.New("want host:port")
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: want host:port, such as 127.0.0.1:8080", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port must be a number from 0 to 65535", addr)
+	}
+	return nil
+}
+
+func checkHost(h string) error {
+	if h == "" || strings.ContainsAny(h, "/?#@ *") {
+		return fmt.Errorf("%q: want a host name, optionally with :port (no scheme, path or wildcard)", h)
+	}
+	if strings.Contains(h, ":") && !strings.HasSuffix(h, "]") {
+		host, port, err := net.SplitHostPort(h)
+		if err != nil || host == "" {
+			return fmt.Errorf("%q: want host or host:port", h)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("%q: port must be a number from 1 to 65535", h)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,128 @@
+package config
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+)
+
+func TestExampleConfigLoads(t *testing.T) {
+	cfg, err := Load(filepath.Join("..", "config.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != "127.0.0.1:8080" {
+		t.Errorf("listen = %q, want loopback 127.0.0.1:8080", cfg.Listen)
+	}
+	if !filepath.IsAbs(cfg.DataDir) || !strings.HasSuffix(cfg.CAKey, "ca-key.pem") {
+		t.Errorf("data_dir %q / ca_key %q not resolved", cfg.DataDir, cfg.CAKey)
+	}
+	byName := map[string]Upstream{}
+	for _, u := range cfg.Upstreams {
+		byName[u.Name] = u
+	}
+	closient := byName["closient"]
+	want := []quota.Limit{{Count: 300, Window: time.Minute}, {Count: 10000, Window: 24 * time.Hour}}
+	if got := Limits(closient.Limits); len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("closient limits = %v, want %v", got, want)
+	}
+	if e := byName["engagor"]; len(e.Anonymous.Limits) != 1 || e.Anonymous.Limits[0].Count != 150 {
+		t.Errorf("engagor anonymous limits = %v", e.Anonymous.Limits)
+	}
+	if c := byName["clarifai"]; c.Mode != "queue" || time.Duration(c.MaxWait) != 30*time.Second || c.MaxQueue != 1000 {
+		t.Errorf("clarifai defaults: mode %q max_wait %v max_queue %d", c.Mode, time.Duration(c.MaxWait), c.MaxQueue)
+	}
+}
+
+func TestDefaultsOfAMinimalConfig(t *testing.T) {
+	cfg, err := Parse("min.yaml", []byte("upstreams:\n  - name: a\n    hosts: [a.example]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != "127.0.0.1:8080" || cfg.Admin != "" || cfg.UnknownHosts != "allow" {
+		t.Errorf("defaults: listen %q admin %q unknown_hosts %q", cfg.Listen, cfg.Admin, cfg.UnknownHosts)
+	}
+	if time.Duration(cfg.Timeouts.Dial) != 10*time.Second || cfg.MaxIdleConnsPerHost != 512 {
+		t.Errorf("defaults: dial %v pool %d", time.Duration(cfg.Timeouts.Dial), cfg.MaxIdleConnsPerHost)
+	}
+}
+
+func TestBadConfigsNameFileLineAndField(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		want       []string // substrings of the error
+	}{
+		{"unknown top-level field", "listen: 127.0.0.1:1\nlisten_addr: x\n",
+			[]string{"bad.yaml:2:", "listen_addr", "unknown field"}},
+		{"unknown nested field", "upstreams:\n  - name: a\n    hosts: [a]\n    limit: [1/1s]\n",
+			[]string{"bad.yaml:4:", "upstreams[0].limit", "unknown field"}},
+		{"bad limit", "upstreams:\n  - name: a\n    hosts: [a]\n    limits: [15/1s, 300/lol]\n",
+			[]string{"bad.yaml:4:", "upstreams[0].limits[1]", `"300/lol"`}},
+		{"bad duration", "upstreams:\n  - name: a\n    hosts: [a]\n    max_wait: soon\n",
+			[]string{"bad.yaml:4:", "upstreams[0].max_wait", `"soon"`}},
+		{"negative duration", "timeouts:\n  dial: -1s\n",
+			[]string{"bad.yaml:2:", "timeouts.dial"}},
+		{"host claimed twice", "upstreams:\n  - name: a\n    hosts: [api.x.com]\n  - name: b\n    hosts: [b.x.com, API.x.com]\n",
+			[]string{"bad.yaml:5:", "upstreams[1].hosts[1]", "already claimed by upstreams[0].hosts[0] (a)"}},
+		{"duplicate name", "upstreams:\n  - name: a\n    hosts: [a]\n  - name: a\n    hosts: [b]\n",
+			[]string{"bad.yaml:4:", "upstreams[1].name", "already used"}},
+		{"no hosts", "upstreams:\n  - name: a\n", []string{"bad.yaml:2:", "upstreams[0]", "no hosts"}},
+		{"host with scheme", "upstreams:\n  - name: a\n    hosts: [https://a.com]\n", []string{"upstreams[0].hosts[0]"}},
+		{"two identity kinds", "upstreams:\n  - name: a\n    hosts: [a]\n    identity:\n      - header: apikey\n        query: key\n",
+			[]string{"bad.yaml:5:", "upstreams[0].identity[0]", "exactly one"}},
+		{"bad mode", "upstreams:\n  - name: a\n    hosts: [a]\n    mode: drop\n", []string{"bad.yaml:4:", "upstreams[0].mode", `"drop"`}},
+		{"credential as fingerprint", "upstreams:\n  - name: a\n    hosts: [a]\n    overrides:\n      - fingerprint: sk_live_secret\n        limits: [1/1s]\n",
+			[]string{"bad.yaml:5:", "upstreams[0].overrides[0].fingerprint", "hex digits"}},
+		{"override without limits", "upstreams:\n  - name: a\n    hosts: [a]\n    overrides:\n      - prefix: cpk_\n",
+			[]string{"upstreams[0].overrides[0]", "needs limits"}},
+		{"wrong kind", "upstreams:\n  name: a\n", []string{"bad.yaml:2:", "upstreams", "want a list"}},
+		{"not a number", "max_idle_conns_per_host: many\n", []string{"bad.yaml:1:", "max_idle_conns_per_host", "whole number"}},
+		{"bad listen", "listen: localhost\n", []string{"bad.yaml:1:", "listen", "host:port"}},
+		{"bad unknown_hosts", "unknown_hosts: maybe\n", []string{"bad.yaml:1:", "unknown_hosts"}},
+		{"bad connect_to", "upstreams:\n  - name: a\n    hosts: [a]\n    connect_to: nowhere\n", []string{"bad.yaml:4:", "connect_to"}},
+		{"syntax error", "upstreams: [\n", []string{"bad.yaml"}},
+		{"empty file", "", []string{"bad.yaml", "empty"}},
+		{"alias", "a: &x 1\nlisten: *x\n", []string{"bad.yaml"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("bad.yaml", []byte(tt.yaml))
+			if err == nil {
+				t.Fatal("Parse accepted the config")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadNamesAMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if err == nil || !strings.Contains(err.Error(), "nope.yaml") {
+		t.Fatalf("Load of a missing file: %v", err)
+	}
+}
+
+func TestMarginDefaultsToOnePercentWithinBounds(t *testing.T) {
+	u := Upstream{}
+	for _, tt := range []struct{ w, want time.Duration }{
+		{100 * time.Millisecond, 10 * time.Millisecond},
+		{time.Second, 10 * time.Millisecond},
+		{time.Minute, 600 * time.Millisecond},
+		{24 * time.Hour, time.Second},
+	} {
+		if got := u.Margin(tt.w); got != tt.want {
+			t.Errorf("Margin(%v) = %v, want %v", tt.w, got, tt.want)
+		}
+	}
+	u.WindowMargin = Duration(50 * time.Millisecond)
+	if got := u.Margin(time.Hour); got != 50*time.Millisecond {
+		t.Errorf("configured margin: got %v", got)
+	}
+}
