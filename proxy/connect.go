@@ -1,0 +1,198 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// serveConnect answers a CONNECT: a host with a policy is intercepted (TLS
+// terminated with a leaf certificate of the proxy's CA, its requests served
+// by the inner server), any other host is tunnelled untouched or refused.
+func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	target := r.Host
+	if _, _, err := net.SplitHostPort(target); err != nil {
+		target = net.JoinHostPort(target, "443")
+	}
+	up := s.routes.route(target)
+	action := "intercept"
+	var upstreamConn net.Conn
+	switch {
+	case up != nil:
+	case s.denyUnknown:
+		action = decisionDenied
+		writeJSON(w, http.StatusForbidden, errorBody{Error: errorDetail{Code: "HOST_NOT_ALLOWED",
+			Message: "no upstream policy for this host, and unknown_hosts is deny", Source: "proxy"}})
+	default:
+		action = "tunnel"
+		d := net.Dialer{Timeout: time.Duration(s.timeouts.Dial)}
+		c, err := d.DialContext(r.Context(), "tcp", target)
+		if err != nil {
+			action = decisionError
+			writeJSON(w, http.StatusBadGateway, errorBody{Error: errorDetail{Code: "UPSTREAM_UNREACHABLE",
+				Message: "the upstream could not be reached: " + err.Error(), Source: "proxy"}})
+			break
+		}
+		upstreamConn = c
+	}
+	s.log.Info("connect", zap.String("host", target), zap.String("decision", action),
+		zap.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000))
+	if action != "intercept" && action != "tunnel" {
+		return
+	}
+
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		if upstreamConn != nil {
+			upstreamConn.Close()
+		}
+		http.Error(w, "CONNECT needs HTTP/1.1", http.StatusHTTPVersionNotSupported)
+		return
+	}
+	conn, rw, err := hj.Hijack()
+	if err != nil {
+		if upstreamConn != nil {
+			upstreamConn.Close()
+		}
+		return
+	}
+	conn.SetDeadline(time.Time{}) // the outer server's deadlines no longer apply
+	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection Established\r\n\r\n"); err != nil {
+		conn.Close()
+		if upstreamConn != nil {
+			upstreamConn.Close()
+		}
+		return
+	}
+	// Bytes the client sent right after its CONNECT (a TLS ClientHello,
+	// say) may already sit in rw.Reader: clientConn reads them first.
+	client := &clientConn{Conn: conn, buf: rw.Reader, target: target}
+	if upstreamConn == nil {
+		s.innerLn.push(client)
+		return
+	}
+	s.tunnel(client, upstreamConn)
+}
+
+// tunnel copies bytes both ways until either side closes or the tunnel has
+// been idle for the configured time. Tunnels are tracked, so Shutdown can
+// close them.
+func (s *Server) tunnel(client, upstream net.Conn) {
+	s.tunnels.Add(1)
+	s.tunnelMu.Lock()
+	s.tunnelConns[client] = struct{}{}
+	s.tunnelConns[upstream] = struct{}{}
+	s.tunnelMu.Unlock()
+	go func() {
+		defer s.tunnels.Done()
+		idle := time.Duration(s.timeouts.TunnelIdle)
+		var once sync.Once
+		closeBoth := func() { once.Do(func() { client.Close(); upstream.Close() }) }
+		var wg sync.WaitGroup
+		wg.Add(2)
+		pipe := func(dst, src net.Conn) {
+			defer wg.Done()
+			buf := make([]byte, 32<<10)
+			for {
+				src.SetReadDeadline(time.Now().Add(idle))
+				n, err := src.Read(buf)
+				if n > 0 {
+					dst.SetWriteDeadline(time.Now().Add(idle))
+					if _, werr := dst.Write(buf[:n]); werr != nil {
+						break
+					}
+				}
+				if err != nil {
+					break
+				}
+			}
+			closeBoth()
+		}
+		go pipe(upstream, client)
+		pipe(client, upstream)
+		wg.Wait()
+		s.tunnelMu.Lock()
+		delete(s.tunnelConns, client)
+		delete(s.tunnelConns, upstream)
+		s.tunnelMu.Unlock()
+	}()
+}
+
+// clientConn is a hijacked client connection: it first returns the bytes
+// the HTTP server had already buffered, then reads the socket directly.
+type clientConn struct {
+	net.Conn
+	buf    *bufio.Reader
+	target string // the CONNECT authority, host:port
+}
+
+func (c *clientConn) Read(p []byte) (int, error) {
+	if c.buf != nil {
+		if c.buf.Buffered() > 0 {
+			return c.buf.Read(p)
+		}
+		c.buf = nil
+	}
+	return c.Conn.Read(p)
+}
+
+type interceptKey struct{}
+
+// interceptedContext tells the handler which CONNECT authority an
+// intercepted connection was opened for.
+func interceptedContext(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*tls.Conn); ok {
+		if cc, ok := tc.NetConn().(*clientConn); ok {
+			return context.WithValue(ctx, interceptKey{}, cc.target)
+		}
+	}
+	return ctx
+}
+
+// connListener is a net.Listener fed with connections by push.
+type connListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newConnListener() *connListener {
+	return &connListener{conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *connListener) push(c net.Conn) {
+	select {
+	case l.conns <- c:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return interceptAddr{} }
+
+type interceptAddr struct{}
+
+func (interceptAddr) Network() string { return "intercept" }
+func (interceptAddr) String() string  { return "intercepted-connections" }

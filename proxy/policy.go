@@ -1,0 +1,226 @@
+package proxy
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ratelimit-proxy/ratelimit-proxy/config"
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+)
+
+// upstream is the compiled policy of one configured upstream.
+type upstream struct {
+	name      string
+	rules     []rule
+	limits    *limitSet // keys found by a rule without limits of its own
+	anonymous *limitSet
+	prefixes  []override // longest prefix first
+	prints    []override // fingerprint overrides
+	reject    bool
+	maxWait   time.Duration
+	maxQueue  int
+}
+
+type ruleKind int
+
+const (
+	byHeader ruleKind = iota
+	byAuthorization
+	byQuery
+	bySourceIP
+)
+
+type rule struct {
+	kind   ruleKind
+	name   string // header name, scheme or query parameter
+	label  string // for logs: "header:x-api-key"
+	limits *limitSet
+}
+
+type override struct {
+	match  string // prefix, or fingerprint in lower-case hex
+	limits *limitSet
+}
+
+// limitSet holds the limits of a key as configured (shown to clients) and
+// as enforced (each window widened by the upstream's margin), plus the
+// RateLimit-Policy header value, computed once.
+type limitSet struct {
+	shown    []quota.Limit
+	enforced []quota.Limit
+	policy   string
+}
+
+func newLimitSet(u *config.Upstream, ls []config.Limit) *limitSet {
+	set := &limitSet{shown: config.Limits(ls)}
+	var policy []string
+	for _, l := range set.shown {
+		set.enforced = append(set.enforced, quota.Limit{Count: l.Count, Window: l.Window + u.Margin(l.Window)})
+		policy = append(policy, fmt.Sprintf("%q;q=%d;w=%d", l.String(), l.Count, ceilSeconds(l.Window)))
+	}
+	set.policy = strings.Join(policy, ", ")
+	return set
+}
+
+// shownFor maps an enforced limit back to the configured one.
+func (s *limitSet) shownFor(enforced quota.Limit) (quota.Limit, bool) {
+	for i, l := range s.enforced {
+		if l == enforced {
+			return s.shown[i], true
+		}
+	}
+	if len(s.shown) > 0 {
+		return s.shown[0], false
+	}
+	return quota.Limit{}, false
+}
+
+func compileUpstream(u *config.Upstream) *upstream {
+	c := &upstream{
+		name:     u.Name,
+		limits:   newLimitSet(u, u.Limits),
+		reject:   u.Mode == "reject",
+		maxWait:  time.Duration(u.MaxWait),
+		maxQueue: u.MaxQueue,
+	}
+	c.anonymous = newLimitSet(u, u.Anonymous.Limits)
+	for _, r := range u.Identity {
+		cr := rule{label: r.Kind()}
+		switch {
+		case r.Header != "":
+			cr.kind, cr.name = byHeader, http.CanonicalHeaderKey(r.Header)
+		case r.Authorization != "":
+			cr.kind, cr.name = byAuthorization, r.Authorization
+		case r.Query != "":
+			cr.kind, cr.name = byQuery, r.Query
+		default:
+			cr.kind = bySourceIP
+		}
+		if len(r.Limits) > 0 {
+			cr.limits = newLimitSet(u, r.Limits)
+		}
+		c.rules = append(c.rules, cr)
+	}
+	for _, o := range u.Overrides {
+		if o.Fingerprint != "" {
+			c.prints = append(c.prints, override{match: o.Fingerprint, limits: newLimitSet(u, o.Limits)})
+		} else {
+			c.prefixes = append(c.prefixes, override{match: o.Prefix, limits: newLimitSet(u, o.Limits)})
+		}
+	}
+	sort.SliceStable(c.prefixes, func(i, j int) bool { return len(c.prefixes[i].match) > len(c.prefixes[j].match) })
+	return c
+}
+
+// identity is who a request is counted as.
+type identity struct {
+	key         string // the quota key: upstream, class and full SHA-256
+	fingerprint string // first 12 hex digits, or "anonymous"
+	rule        string // the rule that matched, or "anonymous"
+	limits      *limitSet
+}
+
+// identify finds the request's credential by the upstream's rules, first
+// match wins, and the limits that apply to it. The credential itself never
+// leaves this function: only its SHA-256 does.
+func (u *upstream) identify(r *http.Request) identity {
+	for i := range u.rules {
+		rl := &u.rules[i]
+		cred := rl.find(r)
+		if cred == "" {
+			continue
+		}
+		sum := sha256.Sum256([]byte(cred))
+		print := hex.EncodeToString(sum[:])
+		id := identity{fingerprint: print[:12], rule: rl.label, limits: rl.limits}
+		if rl.kind == bySourceIP {
+			id.key = u.name + "/ip/" + print
+		} else {
+			// Credentials share a bucket however they are sent: a token in
+			// ?access_token= and in "Authorization: Bearer" is one quota.
+			id.key = u.name + "/cred/" + print
+			if o := u.override(cred, print); o != nil {
+				id.limits = o
+			}
+		}
+		if id.limits == nil {
+			id.limits = u.limits
+		}
+		return id
+	}
+	return identity{key: u.name + "/anonymous", fingerprint: "anonymous", rule: "anonymous", limits: u.anonymous}
+}
+
+func (u *upstream) override(cred, print string) *limitSet {
+	for _, o := range u.prints {
+		if strings.HasPrefix(print, o.match) {
+			return o.limits
+		}
+	}
+	for _, o := range u.prefixes {
+		if strings.HasPrefix(cred, o.match) {
+			return o.limits
+		}
+	}
+	return nil
+}
+
+func (rl *rule) find(r *http.Request) string {
+	switch rl.kind {
+	case byHeader:
+		return strings.TrimSpace(r.Header.Get(rl.name))
+	case byAuthorization:
+		for _, v := range r.Header.Values("Authorization") {
+			scheme, cred, ok := strings.Cut(strings.TrimSpace(v), " ")
+			if ok && strings.EqualFold(scheme, rl.name) {
+				if cred = strings.TrimSpace(cred); cred != "" {
+					return cred
+				}
+			}
+		}
+	case byQuery:
+		if r.URL.RawQuery != "" {
+			return strings.TrimSpace(r.URL.Query().Get(rl.name))
+		}
+	case bySourceIP:
+		if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+			return host
+		}
+		return r.RemoteAddr
+	}
+	return ""
+}
+
+// router maps a request's host to its upstream.
+type router struct {
+	hosts map[string]*upstream // "host" or "host:port", lower-case
+}
+
+func (rt *router) route(hostport string) *upstream {
+	if len(rt.hosts) == 0 {
+		return nil
+	}
+	h := strings.ToLower(hostport)
+	if u := rt.hosts[h]; u != nil {
+		return u
+	}
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		return rt.hosts[strings.Trim(host, "[]")]
+	}
+	return rt.hosts[strings.Trim(h, "[]")]
+}
+
+// ceilSeconds rounds d up to whole seconds, at least 1.
+func ceilSeconds(d time.Duration) int64 {
+	s := int64((d + time.Second - 1) / time.Second)
+	return max(s, 1)
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

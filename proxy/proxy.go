@@ -1,0 +1,236 @@
+// Package proxy is the HTTP side of ratelimit-proxy: a forward proxy that
+// intercepts TLS for the hosts it has a policy for, keys each request to the
+// credential it carries, asks the quota engine when it may leave, forwards
+// it over a pooled upstream transport, and answers "slow down" in one way:
+// HTTP 429 with a truthful Retry-After.
+//
+// Plain HTTP requests and requests inside intercepted CONNECT tunnels are
+// served by the same handler. Intercepted connections are served by a
+// second net/http server, so they get the same keep-alive handling,
+// timeouts, client-disconnect detection and graceful shutdown as direct
+// ones.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ratelimit-proxy/ratelimit-proxy/config"
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+	"go.uber.org/zap"
+)
+
+// Server is the proxy. Create it with New, run it with Serve, stop it with
+// Shutdown. It is safe for concurrent use.
+type Server struct {
+	log         *zap.Logger
+	store       quota.Store
+	ca          *CA
+	routes      router
+	denyUnknown bool
+	timeouts    config.Timeouts
+
+	transport *http.Transport
+	forwarder *httputil.ReverseProxy
+
+	outer       *http.Server   // the proxy listener
+	inner       *http.Server   // serves intercepted TLS connections
+	innerLn     *connListener  // feeds inner
+	innerDone   chan struct{}  // closed when inner.Serve returns
+	tunnels     sync.WaitGroup // untouched CONNECT tunnels in flight
+	tunnelMu    sync.Mutex
+	tunnelConns map[net.Conn]struct{}
+}
+
+// New builds a Server from a loaded configuration. It loads or creates the
+// CA and starts the internal server for intercepted connections; call
+// Shutdown to release it.
+func New(cfg *config.Config, log *zap.Logger, store quota.Store) (*Server, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	ca, err := LoadOrCreateCA(cfg.CACert, cfg.CAKey)
+	if err != nil {
+		return nil, err
+	}
+	roots, err := upstreamRoots(cfg.UpstreamRoots)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		log:         log,
+		store:       store,
+		ca:          ca,
+		routes:      router{hosts: map[string]*upstream{}},
+		denyUnknown: cfg.UnknownHosts == "deny",
+		timeouts:    cfg.Timeouts,
+		tunnelConns: map[net.Conn]struct{}{},
+	}
+	connectTo := map[string]string{}
+	for i := range cfg.Upstreams {
+		u := &cfg.Upstreams[i]
+		cu := compileUpstream(u)
+		for _, h := range u.Hosts {
+			s.routes.hosts[h] = cu
+			if u.ConnectTo != "" {
+				connectTo[h] = u.ConnectTo
+			}
+		}
+	}
+	s.transport = newTransport(cfg, roots, connectTo)
+	s.forwarder = &httputil.ReverseProxy{
+		Rewrite:        func(*httputil.ProxyRequest) {}, // the URL is already absolute; no X-Forwarded-*
+		Transport:      s.transport,
+		BufferPool:     newBufferPool(),
+		ModifyResponse: s.noteResponse,
+		ErrorHandler:   s.forwardError,
+		ErrorLog:       zap.NewStdLog(log.Named("forward")),
+	}
+
+	errLog := zap.NewStdLog(log.Named("http"))
+	s.outer = &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: time.Duration(cfg.Timeouts.ClientHeader),
+		IdleTimeout:       time.Duration(cfg.Timeouts.ClientIdle),
+		ErrorLog:          errLog,
+	}
+	s.innerLn = newConnListener()
+	s.inner = &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: time.Duration(cfg.Timeouts.ClientHeader),
+		IdleTimeout:       time.Duration(cfg.Timeouts.ClientIdle),
+		ErrorLog:          errLog,
+		ConnContext:       interceptedContext,
+	}
+	tlsConfig := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"http/1.1"},
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			host := hello.ServerName
+			if c, ok := hello.Conn.(*clientConn); ok {
+				host = hostOnly(c.target)
+			}
+			return ca.Leaf(host)
+		},
+	}
+	s.innerDone = make(chan struct{})
+	go func() {
+		defer close(s.innerDone)
+		_ = s.inner.Serve(tls.NewListener(s.innerLn, tlsConfig))
+	}()
+	return s, nil
+}
+
+// CA returns the interception CA.
+func (s *Server) CA() *CA { return s.ca }
+
+// Serve accepts proxy connections on ln until Shutdown. It returns
+// http.ErrServerClosed after Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.outer.Serve(ln) }
+
+// Shutdown stops accepting connections, lets requests in flight (queued
+// ones included) finish until ctx is done, then closes what remains,
+// tunnels included.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := errors.Join(s.outer.Shutdown(ctx), s.inner.Shutdown(ctx))
+	s.innerLn.Close()
+	<-s.innerDone
+	waited := make(chan struct{})
+	go func() { s.tunnels.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-ctx.Done():
+		s.tunnelMu.Lock()
+		for c := range s.tunnelConns {
+			c.Close()
+		}
+		s.tunnelMu.Unlock()
+		<-waited
+		err = errors.Join(err, ctx.Err())
+	}
+	s.outer.Close()
+	s.inner.Close()
+	s.transport.CloseIdleConnections()
+	return err
+}
+
+// AdminHandler serves GET /healthz and GET /ca.pem.
+func (s *Server) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /ca.pem", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		w.Write(s.ca.CertPEM())
+	})
+	return mux
+}
+
+func newTransport(cfg *config.Config, roots *x509.CertPool, connectTo map[string]string) *http.Transport {
+	dialer := &net.Dialer{Timeout: time.Duration(cfg.Timeouts.Dial), KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy: nil, // never read HTTP_PROXY: the proxy must not dial itself
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if to, ok := connectTo[strings.ToLower(addr)]; ok {
+				addr = to
+			} else if to, ok := connectTo[strings.ToLower(hostOnly(addr))]; ok {
+				addr = to
+			}
+			return dialer.DialContext(ctx, network, addr)
+		},
+		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          0, // no global cap: MaxIdleConnsPerHost bounds each host
+		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
+		IdleConnTimeout:       time.Duration(cfg.Timeouts.IdleConn),
+		TLSHandshakeTimeout:   time.Duration(cfg.Timeouts.TLSHandshake),
+		ResponseHeaderTimeout: time.Duration(cfg.Timeouts.ResponseHeader),
+		ExpectContinueTimeout: time.Second,
+	}
+}
+
+// upstreamRoots is the system pool plus the configured extra roots.
+func upstreamRoots(files []string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	for i, f := range files {
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("upstream_roots[%d]: %w", i, err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream_roots[%d]: %s holds no PEM certificate", i, f)
+		}
+	}
+	return pool, nil
+}
+
+func hostOnly(hostport string) string {
+	if host, _, err := net.SplitHostPort(hostport); err == nil {
+		return host
+	}
+	return strings.Trim(hostport, "[]")
+}
+
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+
+func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
+func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
