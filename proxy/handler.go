@@ -8,8 +8,10 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
@@ -39,6 +41,7 @@ type exchange struct {
 	wait     time.Duration
 	status   int
 	err      string
+	done     atomic.Bool // the reservation was settled or cancelled
 }
 
 type exchangeKey struct{}
@@ -100,7 +103,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	x.decision = decisionPass
-	if d := res.Delay(); d > 0 {
+	for d := res.Delay(); d > 0; d = x.res.Delay() {
+		// Queued: wait for the slot, then let the store check it again
+		// against what it learned meanwhile (earlier requests that left
+		// later than booked); it may name a later slot.
 		x.decision = decisionQueued
 		t := time.NewTimer(d)
 		select {
@@ -112,15 +118,31 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			x.wait = time.Since(x.start)
 			return
 		}
-		x.wait = time.Since(x.start)
+		if x.res, err = s.store.Release(r.Context(), x.res); err != nil {
+			s.cancel(x)
+			x.decision = decisionError
+			s.log.Error("quota store failed", zap.String("upstream", x.up.name), zap.String("key", x.id.fingerprint), zap.Error(err))
+			s.writeError(w, x, http.StatusServiceUnavailable, "QUOTA_STORE_UNAVAILABLE", "the quota store did not answer; retry shortly")
+			return
+		}
 	}
+	x.wait = time.Since(x.start)
 	s.forward(w, r, x)
 }
 
 // forward sends the request upstream and copies the answer back. Errors
-// reach forwardError.
+// reach forwardError. The reservation is settled with the time the request
+// was written upstream, so that later requests are timed from when this
+// one really left, not from when it was allowed to.
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
-	s.forwarder.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
+	ctx := context.WithValue(r.Context(), exchangeKey{}, x)
+	if x.res.OK {
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+			WroteRequest: func(httptrace.WroteRequestInfo) { s.settle(x, time.Now()) },
+		})
+	}
+	s.forwarder.ServeHTTP(w, r.WithContext(ctx))
+	s.settle(x, time.Now()) // if the request was never written: now is a safe upper bound
 }
 
 // noteResponse records the upstream status for the log line.
@@ -175,14 +197,22 @@ func neverSent(err error) bool {
 	return errors.As(err, &verr) || errors.As(err, &uerr) || errors.As(err, &herr) || errors.As(err, &rerr)
 }
 
+// cancel gives the reservation back; settle records its send time. Only
+// the first of them, once, reaches the store.
 func (s *Server) cancel(x *exchange) {
-	if !x.res.OK {
-		return
+	if x.res.OK && x.done.CompareAndSwap(false, true) {
+		if err := s.store.Cancel(context.Background(), x.res); err != nil {
+			s.log.Warn("giving a slot back failed", zap.String("key", x.id.fingerprint), zap.Error(err))
+		}
 	}
-	if err := s.store.Cancel(context.Background(), x.res); err != nil {
-		s.log.Warn("giving a slot back failed", zap.String("key", x.id.fingerprint), zap.Error(err))
+}
+
+func (s *Server) settle(x *exchange, sentAt time.Time) {
+	if x.res.OK && x.done.CompareAndSwap(false, true) {
+		if err := s.store.Settle(context.Background(), x.res, sentAt); err != nil {
+			s.log.Warn("settling a slot failed", zap.String("key", x.id.fingerprint), zap.Error(err))
+		}
 	}
-	x.res.OK = false // settled: never cancel twice
 }
 
 // writeRateLimited answers for the upstream: 429, Retry-After in whole

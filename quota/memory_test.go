@@ -440,3 +440,140 @@ var keys = func() []string {
 	}
 	return ks
 }()
+
+func TestReleaseWaitsForALateSendTime(t *testing.T) {
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	req := Request{Key: "k", Limits: mustLimits(t, "1/1s"), MaxWait: time.Hour, MaxQueue: 10}
+	start := clock.Now()
+	a := reserve(t, s, req)
+	b := reserve(t, s, req)
+	if b.At.Sub(start) != time.Second {
+		t.Fatalf("b booked at +%v, want +1s", b.At.Sub(start))
+	}
+	// a needed a new connection: it left 300ms after its slot.
+	clock.Advance(300 * time.Millisecond)
+	if err := s.Settle(context.Background(), a, clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	clock.Set(b.At)
+	b, err := s.Release(context.Background(), b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := b.At.Sub(start); got != 1300*time.Millisecond || b.Delay() != 300*time.Millisecond {
+		t.Fatalf("released b: at +%v delay %v, want moved to +1.3s", got, b.Delay())
+	}
+	clock.Set(b.At)
+	if b, _ = s.Release(context.Background(), b); b.Delay() != 0 {
+		t.Fatalf("b at its moved slot: delay %v, want 0", b.Delay())
+	}
+}
+
+func TestUnsettledRequestCountsAsSentNow(t *testing.T) {
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	req := Request{Key: "k", Limits: mustLimits(t, "1/1s"), MaxWait: time.Hour, MaxQueue: 10}
+	start := clock.Now()
+	a := reserve(t, s, req) // released at 0, never settled yet
+	b := reserve(t, s, req)
+	clock.Set(b.At) // +1s: a may still be on its way
+	b, _ = s.Release(context.Background(), b)
+	if got := b.At.Sub(start); got != 2*time.Second {
+		t.Fatalf("b with a unsettled: moved to +%v, want +2s", got)
+	}
+	clock.Advance(200 * time.Millisecond)
+	s.Settle(context.Background(), a, clock.Now()) // a left at +1.2s
+	clock.Set(b.At)
+	b, _ = s.Release(context.Background(), b)
+	if got := b.At.Sub(start); got != 2200*time.Millisecond {
+		t.Fatalf("b after a settled at +1.2s: at +%v, want +2.2s", got)
+	}
+}
+
+// TestSimulatedClientsNeverExceedOnSendTimes runs closed-loop clients on a
+// fake clock: each request is written upstream after a random delay (a new
+// connection, a slow scheduler), some give up while queued. The bound must
+// hold on the times requests were actually sent.
+func TestSimulatedClientsNeverExceedOnSendTimes(t *testing.T) {
+	for seed := range uint64(10) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 7))
+			clock := newFakeClock()
+			s := NewMemoryStore(clock)
+			limits := mustLimits(t, "10/1s", "25/5s")
+			req := Request{Key: "k", Limits: limits, MaxWait: time.Hour, MaxQueue: 1000}
+			start := clock.Now()
+			type event struct {
+				at time.Time
+				do func()
+			}
+			var events []event
+			schedule := func(at time.Time, do func()) { events = append(events, event{at, do}) }
+			var sends []time.Time
+			var request func()
+			var wait func(r Reservation)
+			send := func(r Reservation) {
+				delay := time.Duration(rng.ExpFloat64() * float64(20*time.Millisecond))
+				if rng.IntN(20) == 0 {
+					delay += 400 * time.Millisecond
+				}
+				schedule(clock.Now().Add(delay), func() {
+					sends = append(sends, clock.Now())
+					s.Settle(context.Background(), r, clock.Now())
+					schedule(clock.Now().Add(5*time.Millisecond), request)
+				})
+			}
+			wait = func(r Reservation) {
+				if r.Delay() == 0 {
+					send(r)
+					return
+				}
+				if rng.IntN(25) == 0 { // the client gives up while queued
+					schedule(clock.Now().Add(r.Delay()/2), func() {
+						s.Cancel(context.Background(), r)
+						schedule(clock.Now().Add(time.Millisecond), request)
+					})
+					return
+				}
+				schedule(r.At, func() {
+					r2, err := s.Release(context.Background(), r)
+					if err != nil {
+						t.Fatal(err)
+					}
+					wait(r2)
+				})
+			}
+			request = func() {
+				r := reserve(t, s, req)
+				if !r.OK {
+					t.Fatal("refused under generous bounds")
+				}
+				wait(r)
+			}
+			for range 15 {
+				schedule(start, request)
+			}
+			end := start.Add(30 * time.Second)
+			for len(events) > 0 {
+				slices.SortStableFunc(events, func(a, b event) int { return a.at.Compare(b.at) })
+				ev := events[0]
+				events = events[1:]
+				if ev.at.After(end) {
+					break
+				}
+				if ev.at.After(clock.Now()) {
+					clock.Set(ev.at)
+				}
+				ev.do()
+			}
+			for _, l := range limits {
+				checkBound(t, sends, l)
+			}
+			// 25 per 5s binds: 150 in 30s at best; slow sends cost some.
+			if len(sends) < 120 {
+				t.Errorf("only %d sends in 30s, want >= 120 of the 150 allowed", len(sends))
+			}
+		})
+	}
+}

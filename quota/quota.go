@@ -131,8 +131,10 @@ type Reservation struct {
 	// requests of the key were already waiting.
 	QueueFull bool
 
-	key  string
-	slot int64 // store-specific identity of the booked slot
+	key    string
+	limits []Limit
+	slot   int64  // store-specific: the booked time
+	id     uint64 // store-specific: names the reservation within its key
 }
 
 // Delay is how long the caller must wait before releasing the request (OK),
@@ -142,17 +144,35 @@ func (r Reservation) Delay() time.Duration {
 }
 
 // Store books slots for keys. Implementations must be safe for concurrent
-// use and must give this guarantee: for every key and every limit N/W passed
-// with it, the slots of reservations that were returned OK and not
-// cancelled contain no more than N in any half-open interval of length W.
-// Slots of one key are handed out in the order of Reserve calls (FIFO).
+// use.
+//
+// The life of an admitted request: Reserve books a slot; when the slot is
+// in the future the caller waits until it, then calls Release, which either
+// lets the request go or names a later slot to wait for (the store has
+// learned since that earlier requests left later than booked); once the
+// request has been written upstream the caller calls Settle with the time
+// it was sent, or Cancel if it was never sent. Every OK reservation must
+// end in exactly one Settle or Cancel.
+//
+// The guarantee: for every key and every limit N/W, no half-open interval
+// of length W holds more than N send times, where a request counts from its
+// settled send time, and a request released but not yet settled counts as
+// sent at every instant until it is settled. Requests that leave at once
+// are admitted in the order of Reserve calls; queued ones are released in
+// slot order.
 type Store interface {
 	// Reserve books the earliest slot allowed by every limit of req, or
 	// refuses without consuming anything.
 	Reserve(ctx context.Context, req Request) (Reservation, error)
-	// Cancel gives back the slot of an OK reservation that was not used.
-	// Cancelling a refused reservation is harmless; an OK one must be
-	// cancelled at most once.
+	// Release checks a reservation whose slot has come against what the
+	// store knows now. The request may go when the returned reservation's
+	// Delay is zero; otherwise the caller waits that long and calls Release
+	// again.
+	Release(ctx context.Context, r Reservation) (Reservation, error)
+	// Settle records when a released request was written upstream.
+	Settle(ctx context.Context, r Reservation, sentAt time.Time) error
+	// Cancel gives back the slot of an OK reservation that was not sent.
+	// Cancelling a refused reservation is harmless.
 	Cancel(ctx context.Context, r Reservation) error
 }
 
