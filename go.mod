@@ -8,6 +8,9 @@ require (
 )
 
 require (
+	github.com/elazarl/goproxy v1.9.3 // indirect
 	github.com/stretchr/testify v1.11.1 // indirect
 	go.uber.org/multierr v1.10.0 // indirect
+	golang.org/x/net v0.50.0 // indirect
+	golang.org/x/text v0.34.0 // indirect
 )

@@ -37,10 +37,10 @@ import (
 // testPKI is a CA of the test's own with one server certificate for the
 // recording upstreams (api.test, other.test, 127.0.0.1).
 type testPKI struct {
-	caPEM   []byte
-	caFile  string
-	pool    *x509.CertPool
-	server  tls.Certificate
+	caPEM  []byte
+	caFile string
+	pool   *x509.CertPool
+	server tls.Certificate
 }
 
 var (
