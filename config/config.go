@@ -320,6 +320,15 @@ func (c *Config) resolvePaths(dir string) {
 	}
 }
 
+// SetDataDir moves the data directory, and the CA files with it unless
+// they were named explicitly.
+func (c *Config) SetDataDir(dir string) {
+	if c.CACert == filepath.Join(c.DataDir, "ca.pem") && c.CAKey == filepath.Join(c.DataDir, "ca-key.pem") {
+		c.CACert, c.CAKey = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")
+	}
+	c.DataDir = dir
+}
+
 // Margin is the widening applied to a window of this upstream.
 func (u *Upstream) Margin(window time.Duration) time.Duration {
 	if u.WindowMargin > 0 {

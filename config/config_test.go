@@ -126,3 +126,19 @@ func TestMarginDefaultsToOnePercentWithinBounds(t *testing.T) {
 		t.Errorf("configured margin: got %v", got)
 	}
 }
+
+func TestSetDataDirMovesDefaultCAFilesOnly(t *testing.T) {
+	cfg, err := Parse("c.yaml", []byte("data_dir: /a\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.SetDataDir("/data")
+	if cfg.CACert != "/data/ca.pem" || cfg.CAKey != "/data/ca-key.pem" {
+		t.Errorf("default CA files not moved: %q %q", cfg.CACert, cfg.CAKey)
+	}
+	cfg, _ = Parse("c.yaml", []byte("ca_cert: /etc/ca.pem\nca_key: /etc/ca-key.pem\n"))
+	cfg.SetDataDir("/data")
+	if cfg.CACert != "/etc/ca.pem" || cfg.DataDir != "/data" {
+		t.Errorf("explicit CA files moved: %q, data dir %q", cfg.CACert, cfg.DataDir)
+	}
+}

@@ -1,6 +1,6 @@
 // Command ratelimit-proxy runs the proxy.
 //
-//	ratelimit-proxy -config config.yaml [-listen ADDR] [-admin ADDR]
+//	ratelimit-proxy -config config.yaml [-listen ADDR] [-admin ADDR] [-data-dir DIR]
 //	ratelimit-proxy check -config config.yaml
 //	ratelimit-proxy fingerprint < credential.txt
 //
@@ -53,6 +53,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		path := fs.String("config", "config.yaml", "the configuration `file`")
 		listen := fs.String("listen", "", "proxy `address`, overriding the config's listen")
 		admin := fs.String("admin", "", "admin `address`, overriding the config's admin (\"off\" disables)")
+		dataDir := fs.String("data-dir", "", "data `directory` (the CA), overriding the config's data_dir")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
@@ -65,6 +66,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 		if *listen != "" {
 			cfg.Listen = *listen
+		}
+		if *dataDir != "" {
+			cfg.SetDataDir(*dataDir)
 		}
 		switch *admin {
 		case "":

@@ -1,0 +1,21 @@
+# ratelimit-proxy container: a static binary on distroless, running as nonroot.
+# Build: docker build -t ratelimit-proxy .
+# Run:   docker run -p 127.0.0.1:8080:8080 -v rlp-data:/data ratelimit-proxy
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ratelimit-proxy ./cmd/ratelimit-proxy \
+ && /out/ratelimit-proxy check -config config.example.yaml
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/ratelimit-proxy /usr/local/bin/ratelimit-proxy
+COPY config.example.yaml /etc/ratelimit-proxy/config.yaml
+# The CA lives in /data: keep it in a volume so clients trust it across restarts.
+VOLUME ["/data"]
+EXPOSE 8080 8081
+ENTRYPOINT ["/usr/local/bin/ratelimit-proxy"]
+# Inside a container the proxy must listen on all interfaces; publish the
+# ports on loopback (or a private network) only.
+CMD ["-config", "/etc/ratelimit-proxy/config.yaml", "-data-dir", "/data", "-listen", "0.0.0.0:8080", "-admin", "0.0.0.0:8081"]

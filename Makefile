@@ -1,0 +1,41 @@
+# ratelimit-proxy. `make test` is the one test command (CI runs it too).
+GO ?= go
+FUZZTIME ?= 5s
+
+.PHONY: test deps vet fuzz-smoke build bench clean
+
+## test: install what the tests need, then format check, vet, race tests, fuzz smoke
+test: deps vet
+	$(GO) test -race -count=1 ./...
+	$(MAKE) fuzz-smoke
+
+## deps: curl is used by the end-to-end tests (installed with apt when missing)
+deps:
+	@command -v curl >/dev/null 2>&1 || { \
+	  echo "installing curl"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
+	@command -v $(GO) >/dev/null 2>&1 || { echo "Go is required: https://go.dev/dl/"; exit 1; }
+
+vet:
+	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## fuzz-smoke: run every fuzz target for FUZZTIME (the committed corpus runs in `go test` already)
+fuzz-smoke:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ratelimit-proxy ./cmd/ratelimit-proxy
+
+## bench: the benchmark suite; writes bench/BENCHMARKS.md
+bench:
+	bash bench/run.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary act as the command, so the quick-start test
+// runs the real main in its own process.
+func TestMain(m *testing.M) {
+	if os.Getenv("RATELIMIT_PROXY_AS_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestQuickStart runs the command as the README's quick start does, with
+// config.example.yaml, sends a request through it, fetches the CA from the
+// admin address, and stops it with SIGTERM.
+func TestQuickStart(t *testing.T) {
+	dir := t.TempDir()
+	example, err := os.ReadFile(filepath.Join("..", "..", "config.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "config.yaml")
+	os.WriteFile(cfgPath, example, 0o644)
+
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "upstream ok") }))
+	defer upstream.Close()
+
+	cmd := exec.Command(os.Args[0], "-config", cfgPath, "-listen", "127.0.0.1:0", "-admin", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "RATELIMIT_PROXY_AS_MAIN=1")
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+
+	var proxyAddr, adminAddr string
+	var logs bytes.Buffer
+	sc := bufio.NewScanner(stderr)
+	deadline := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
+	for (proxyAddr == "" || adminAddr == "") && sc.Scan() {
+		logs.WriteString(sc.Text() + "\n")
+		var line struct{ Msg, Addr string }
+		json.Unmarshal(sc.Bytes(), &line)
+		switch line.Msg {
+		case "proxy listening":
+			proxyAddr = line.Addr
+		case "admin listening":
+			adminAddr = line.Addr
+		}
+	}
+	deadline.Stop()
+	if proxyAddr == "" || adminAddr == "" {
+		t.Fatalf("the command did not report its addresses:\n%s", logs.String())
+	}
+	go io.Copy(&logs, stderr)
+
+	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: proxyAddr})}}
+	resp, err := c.Get(upstream.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "upstream ok" {
+		t.Fatalf("through the proxy: %d %q", resp.StatusCode, body)
+	}
+	resp, err = http.Get("http://" + adminAddr + "/ca.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemBytes, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	onDisk, _ := os.ReadFile(filepath.Join(dir, "data", "ca.pem"))
+	if !strings.HasPrefix(string(pemBytes), "-----BEGIN CERTIFICATE-----") || !bytes.Equal(pemBytes, onDisk) {
+		t.Fatalf("/ca.pem does not serve data/ca.pem")
+	}
+	if info, err := os.Stat(filepath.Join(dir, "data", "ca-key.pem")); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("CA key file: %v %v, want mode 0600", info.Mode(), err)
+	}
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the command did not stop within 10s of SIGTERM")
+	}
+}
+
+func TestCheckReportsTheFirstProblemWithFileAndLine(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("upstreams:\n  - name: a\n    hosts: [a.test]\n    limits: [300/lol]\n"), 0o644)
+	var out bytes.Buffer
+	err := run([]string{"check", "-config", bad}, strings.NewReader(""), &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "bad.yaml:4: upstreams[0].limits[0]") {
+		t.Fatalf("check of a bad config: %v", err)
+	}
+	err = run([]string{"check", "-config", filepath.Join("..", "..", "config.example.yaml")}, strings.NewReader(""), &out, &out)
+	if err != nil || !strings.Contains(out.String(), "ok (4 upstreams)") {
+		t.Fatalf("check of the example: %v %q", err, out.String())
+	}
+}
+
+func TestFingerprintReadsTheCredentialFromStdin(t *testing.T) {
+	var out bytes.Buffer
+	if err := run([]string{"fingerprint"}, strings.NewReader("console-token\n"), &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	// echo -n console-token | sha256sum | cut -c1-12
+	if got := strings.TrimSpace(out.String()); got != "bc7c55a37ffb" {
+		t.Fatalf("fingerprint printed %q", got)
+	}
+	if err := run([]string{"fingerprint"}, strings.NewReader(""), &out, io.Discard); err == nil {
+		t.Fatal("fingerprint of nothing succeeded")
+	}
+	if err := run([]string{"frobnicate"}, nil, &out, io.Discard); err == nil || !strings.Contains(err.Error(), "frobnicate") {
+		t.Fatalf("unknown command: %v", err)
+	}
+}

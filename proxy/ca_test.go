@@ -1,0 +1,104 @@
+package proxy
+
+import (
+	"crypto/ecdsa"
+	"crypto/x509"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestCAIsCreatedOnceWithAPrivateKeyFileAndReused(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	cert, key := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")
+	ca1, err := LoadOrCreateCA(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]os.FileMode{key: 0o600, dir: 0o700} {
+		info, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := info.Mode().Perm(); got != want {
+			t.Errorf("%s mode %v, want %v", path, got, want)
+		}
+	}
+	if _, ok := ca1.key.Public().(*ecdsa.PublicKey); !ok || ca1.key.Curve.Params().Name != "P-256" {
+		t.Errorf("CA key is not ECDSA P-256")
+	}
+	ca2, err := LoadOrCreateCA(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ca1.Fingerprint() != ca2.Fingerprint() {
+		t.Error("second start generated a new CA instead of reusing the first")
+	}
+}
+
+func TestCARefusesAKeyReadableByOthers(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")
+	if _, err := LoadOrCreateCA(cert, key); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(key, 0o644)
+	_, err := LoadOrCreateCA(cert, key)
+	if err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("loading a 0644 key: %v, want a refusal naming chmod 600", err)
+	}
+}
+
+func TestCARefusesHalfAPair(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")
+	os.WriteFile(cert, []byte("x"), 0o644)
+	if _, err := LoadOrCreateCA(cert, key); err == nil || !strings.Contains(err.Error(), "does not") {
+		t.Fatalf("certificate without key: %v", err)
+	}
+}
+
+func TestLeafCertificatesAreCachedAndValid(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := LoadOrCreateCA(filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a1, err := ca.Leaf("api.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, _ := ca.Leaf("api.example.com")
+	if a1 != a2 {
+		t.Error("leaf minted again for the same host")
+	}
+	ip, _ := ca.Leaf("127.0.0.1")
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.cert)
+	for host, leaf := range map[string]*x509.Certificate{"api.example.com": a1.Leaf, "127.0.0.1": ip.Leaf} {
+		if _, err := leaf.Verify(x509.VerifyOptions{DNSName: host, Roots: roots}); err != nil {
+			t.Errorf("leaf for %s does not verify: %v", host, err)
+		}
+	}
+	// Near expiry, a fresh leaf is minted.
+	ca.now = func() time.Time { return time.Now().Add(leafValidity) }
+	a3, _ := ca.Leaf("api.example.com")
+	if a3 == a1 {
+		t.Error("expiring leaf was not renewed")
+	}
+}
+
+func BenchmarkLeafMint(b *testing.B) {
+	dir := b.TempDir()
+	ca, err := LoadOrCreateCA(filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := ca.mint("api.example.com", time.Now()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,147 @@
+package proxy
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"net/url"
+	"testing"
+
+	"github.com/ratelimit-proxy/ratelimit-proxy/config"
+)
+
+func compile(t *testing.T, yamlText string) *upstream {
+	t.Helper()
+	cfg, err := config.Parse("t.yaml", []byte(yamlText))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return compileUpstream(&cfg.Upstreams[0])
+}
+
+func fingerprint(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+func request(rawURL string, header http.Header, remote string) *http.Request {
+	u, _ := url.Parse(rawURL)
+	if header == nil {
+		header = http.Header{}
+	}
+	return &http.Request{Method: "GET", URL: u, Header: header, RemoteAddr: remote}
+}
+
+func TestIdentityRulesFirstMatchWinsAndCarryTheirLimits(t *testing.T) {
+	u := compile(t, `upstreams:
+  - name: engagor
+    hosts: [api.engagor.com]
+    identity:
+      - query: access_token
+      - query: oauth_token
+      - authorization: Bearer
+        limits: [7/1h]
+      - header: X-API-Key
+    limits: [350/1h]
+    anonymous: {limits: [150/1h]}
+    overrides:
+      - prefix: cpk_
+        limits: [100/1m]
+      - prefix: cpk_test_
+        limits: [5/1m]
+      - fingerprint: ` + fingerprint("console-token")[:12] + `
+        limits: [20/1h]
+`)
+	tests := []struct {
+		name      string
+		req       *http.Request
+		wantRule  string
+		wantKey   string
+		wantLimit string
+	}{
+		{"query token", request("https://api.engagor.com/x?access_token=tok1", nil, "10.0.0.1:5"),
+			"query:access_token", "engagor/cred/" + fingerprint("tok1"), "350/1h"},
+		{"second query parameter", request("https://api.engagor.com/x?oauth_token=tok1", nil, ""),
+			"query:oauth_token", "engagor/cred/" + fingerprint("tok1"), "350/1h"},
+		{"bearer shares the token's bucket, with the rule's limits", request("https://api.engagor.com/x", http.Header{"Authorization": {"Bearer tok1"}}, ""),
+			"authorization:bearer", "engagor/cred/" + fingerprint("tok1"), "7/1h"},
+		{"scheme is case-insensitive", request("https://api.engagor.com/x", http.Header{"Authorization": {"bearer  tok1 "}}, ""),
+			"authorization:bearer", "engagor/cred/" + fingerprint("tok1"), "7/1h"},
+		{"first rule wins", request("https://api.engagor.com/x?access_token=tokQ", http.Header{"Authorization": {"Bearer tokB"}}, ""),
+			"query:access_token", "engagor/cred/" + fingerprint("tokQ"), "350/1h"},
+		{"other scheme is not a match", request("https://api.engagor.com/x", http.Header{"Authorization": {"Basic dXNlcg=="}}, ""),
+			"anonymous", "engagor/anonymous", "150/1h"},
+		{"empty value is not a match", request("https://api.engagor.com/x?access_token=", http.Header{"X-Api-Key": {"  "}}, ""),
+			"anonymous", "engagor/anonymous", "150/1h"},
+		{"longest prefix wins", request("https://api.engagor.com/x", http.Header{"X-Api-Key": {"cpk_test_1"}}, ""),
+			"header:x-api-key", "engagor/cred/" + fingerprint("cpk_test_1"), "5/1m"},
+		{"prefix override", request("https://api.engagor.com/x", http.Header{"X-Api-Key": {"cpk_live_1"}}, ""),
+			"header:x-api-key", "engagor/cred/" + fingerprint("cpk_live_1"), "100/1m"},
+		{"fingerprint override wins over the rule's limits", request("https://api.engagor.com/x", http.Header{"Authorization": {"Bearer console-token"}}, ""),
+			"authorization:bearer", "engagor/cred/" + fingerprint("console-token"), "20/1h"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := u.identify(tt.req)
+			if id.rule != tt.wantRule || id.key != tt.wantKey || id.limits.shown[0].String() != tt.wantLimit {
+				t.Errorf("identify = rule %q key %q limits %v; want %q %q %s", id.rule, id.key, id.limits.shown, tt.wantRule, tt.wantKey, tt.wantLimit)
+			}
+			if id.rule != "anonymous" && id.fingerprint != id.key[len(id.key)-64:][:12] {
+				t.Errorf("fingerprint %q is not the first 12 hex digits of the key", id.fingerprint)
+			}
+		})
+	}
+}
+
+func TestSourceIPRuleKeysEachClientApart(t *testing.T) {
+	u := compile(t, `upstreams:
+  - name: local
+    hosts: [a.test]
+    identity: [{header: apikey}, {source_ip: true}]
+    limits: [10/1s]
+`)
+	a := u.identify(request("http://a.test/", nil, "10.0.0.1:1111"))
+	b := u.identify(request("http://a.test/", nil, "10.0.0.1:2222"))
+	c := u.identify(request("http://a.test/", nil, "10.0.0.2:1111"))
+	if a.key != b.key || a.key == c.key || a.rule != "source_ip" {
+		t.Errorf("source_ip keys: %q %q %q", a.key, b.key, c.key)
+	}
+	if k := u.identify(request("http://a.test/", http.Header{"Apikey": {"10.0.0.1"}}, "10.0.0.1:1")); k.key == a.key {
+		t.Errorf("a credential equal to an IP address shares the IP's bucket")
+	}
+}
+
+func TestEnforcedLimitsAreWidenedButShownAsConfigured(t *testing.T) {
+	u := compile(t, `upstreams:
+  - name: a
+    hosts: [a.test]
+    limits: [15/1s, 300/1m]
+`)
+	s := u.anonymous
+	if s.shown[0].String() != "15/1s" || s.enforced[0].Window.String() != "1.01s" || s.enforced[1].Window.String() != "1m0.6s" {
+		t.Errorf("shown %v enforced %v", s.shown, s.enforced)
+	}
+	if got, ok := s.shownFor(s.enforced[1]); !ok || got.String() != "300/1m" {
+		t.Errorf("shownFor(%v) = %v", s.enforced[1], got)
+	}
+	if want := `"15/1s";q=15;w=1, "300/1m";q=300;w=60`; s.policy != want {
+		t.Errorf("policy %q, want %q", s.policy, want)
+	}
+}
+
+func TestRouterMatchesHostWithAndWithoutPort(t *testing.T) {
+	a, b := &upstream{name: "a"}, &upstream{name: "b"}
+	rt := router{hosts: map[string]*upstream{"api.a.com": a, "api.b.com:8443": b, "127.0.0.1": a}}
+	for _, tt := range []struct {
+		host string
+		want *upstream
+	}{
+		{"api.a.com", a}, {"API.A.COM:443", a}, {"api.a.com:80", a},
+		{"api.b.com:8443", b}, {"api.b.com:443", nil}, {"api.b.com", nil},
+		{"127.0.0.1:9000", a}, {"other.com:443", nil},
+	} {
+		if got := rt.route(tt.host); got != tt.want {
+			t.Errorf("route(%q) = %v, want %v", tt.host, got, tt.want)
+		}
+	}
+}
