@@ -49,7 +49,7 @@ func TestIdentityRulesFirstMatchWinsAndCarryTheirLimits(t *testing.T) {
         limits: [100/1m]
       - prefix: cpk_test_
         limits: [5/1m]
-      - fingerprint: ` + fingerprint("console-token")[:12] + `
+      - fingerprint: `+fingerprint("console-token")[:12]+`
         limits: [20/1h]
 `)
 	tests := []struct {
