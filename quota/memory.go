@@ -53,10 +53,65 @@ type entry struct {
 	state entryState
 }
 
-// keyLog is the sliding log of one key, sorted by at.
+// keyLog is the sliding log of one key, sorted by at, and what the
+// upstream taught about the key.
 type keyLog struct {
 	entries   []entry
 	maxWindow int64
+
+	holdUntil int64  // no release before this
+	probing   bool   // after the hold, one request goes first
+	probeID   uint64 // the probe in flight, or 0
+	probeAt   int64
+
+	budget      int   // releases left before budgetUntil, when active
+	budgetUntil int64 // the upstream's reset; the budget is off after it
+
+	learned      []Limit // windows the upstream reported
+	learnedUntil int64
+	replace      bool // learned windows replace the caller's
+}
+
+// probePoll is how often requests waiting for a probe's outcome look again.
+const probePoll = 50 * time.Millisecond
+
+// limits returns the limits in force for a request at t.
+func (kl *keyLog) limits(req []Limit, t int64) []Limit {
+	if len(kl.learned) == 0 || t >= kl.learnedUntil {
+		return req
+	}
+	if kl.replace {
+		return kl.learned
+	}
+	return append(slices.Clip(req), kl.learned...)
+}
+
+// gate returns the earliest time from t at which request id may leave as
+// far as holds, probes and the reported budget go.
+func (kl *keyLog) gate(t int64, id uint64) int64 {
+	if t < kl.holdUntil {
+		return kl.holdUntil
+	}
+	if kl.probing && kl.probeID != 0 && kl.probeID != id && t-kl.probeAt < int64(ProbeTimeout) {
+		return t + int64(probePoll)
+	}
+	if t < kl.budgetUntil && kl.budget <= 0 {
+		return kl.budgetUntil
+	}
+	return t
+}
+
+// release marks entry i as gone at t: it may become the probe, and it
+// spends the budget.
+func (kl *keyLog) release(i int, t int64, res *Reservation) {
+	kl.entries[i].state = released
+	if kl.probing && (kl.probeID == 0 || t-kl.probeAt >= int64(ProbeTimeout)) {
+		kl.probeID, kl.probeAt = kl.entries[i].id, t
+		res.Probe = true
+	}
+	if t < kl.budgetUntil {
+		kl.budget--
+	}
 }
 
 // NewMemoryStore returns an empty MemoryStore reading time from clock
@@ -91,10 +146,6 @@ func (s *MemoryStore) Reserve(_ context.Context, req Request) (Reservation, erro
 	if req.Key == "" {
 		return Reservation{}, ErrNoKey
 	}
-	if len(req.Limits) == 0 {
-		now := s.clock.Now()
-		return Reservation{OK: true, Now: now, At: now, key: req.Key, slot: noSlot}, nil
-	}
 	var maxWindow int64
 	for _, l := range req.Limits {
 		maxWindow = max(maxWindow, int64(l.Window))
@@ -106,10 +157,10 @@ func (s *MemoryStore) Reserve(_ context.Context, req Request) (Reservation, erro
 		sh.sweep(t)
 		sh.nextSweep = t + int64(sweepEvery)
 	}
-	kl := sh.keys[req.Key]
-	if kl == nil {
-		kl = &keyLog{}
-		sh.keys[req.Key] = kl
+	kl := sh.keyLog(req.Key)
+	limits := kl.limits(req.Limits, t)
+	for _, l := range limits {
+		maxWindow = max(maxWindow, int64(l.Window))
 	}
 	kl.maxWindow = maxWindow
 	kl.prune(t)
@@ -121,7 +172,7 @@ func (s *MemoryStore) Reserve(_ context.Context, req Request) (Reservation, erro
 		slot = es[n-1].at // first in, first out
 	}
 	var bindingAt int64 = math.MinInt64
-	for _, l := range req.Limits {
+	for _, l := range limits {
 		if len(es) < l.Count {
 			continue
 		}
@@ -132,6 +183,11 @@ func (s *MemoryStore) Reserve(_ context.Context, req Request) (Reservation, erro
 		if free > bindingAt || free == bindingAt && l.Window > res.Binding.Window {
 			bindingAt, res.Binding = free, l
 		}
+	}
+	sh.nextID++
+	id := sh.nextID
+	if g := kl.gate(t, id); g > slot {
+		slot, res.Held, res.Binding = g, true, Limit{}
 	}
 	res.At = s.epoch.Add(time.Duration(slot))
 	state := released
@@ -151,9 +207,11 @@ func (s *MemoryStore) Reserve(_ context.Context, req Request) (Reservation, erro
 			return res, nil
 		}
 	}
-	sh.nextID++
-	kl.entries = append(es, entry{at: slot, id: sh.nextID, state: state})
-	res.OK, res.slot, res.id = true, slot, sh.nextID
+	kl.entries = append(es, entry{at: slot, id: id, state: pending})
+	res.OK, res.slot, res.id = true, slot, id
+	if state == released {
+		kl.release(len(kl.entries)-1, t, &res)
+	}
 	return res, nil
 }
 
@@ -176,9 +234,10 @@ func (s *MemoryStore) Release(_ context.Context, r Reservation) (Reservation, er
 	}
 	self := kl.entries[i]
 	cand := max(t, self.at)
+	limits := kl.limits(r.limits, t)
 	for range len(kl.entries) + 1 { // each round only moves cand later
-		next := cand
-		for _, l := range r.limits {
+		next := max(cand, kl.gate(cand, self.id))
+		for _, l := range limits {
 			if nth, ok := kl.nthLatest(l.Count, cand, t, self.id); ok {
 				next = max(next, nth+int64(l.Window))
 			}
@@ -189,8 +248,8 @@ func (s *MemoryStore) Release(_ context.Context, r Reservation) (Reservation, er
 		cand = next
 	}
 	if cand <= t {
-		kl.entries[i].state = released
 		r.At = now
+		kl.release(i, t, &r)
 		return r, nil
 	}
 	kl.move(i, cand)
@@ -264,7 +323,84 @@ func (s *MemoryStore) Cancel(_ context.Context, r Reservation) error {
 	if i := kl.find(r.slot, r.id); i >= 0 {
 		kl.entries = slices.Delete(kl.entries, i, i+1)
 	}
+	if kl != nil && kl.probeID == r.id {
+		kl.probeID = 0 // another request may probe
+	}
 	return nil
+}
+
+// Hold implements Store.
+func (s *MemoryStore) Hold(_ context.Context, key string, d time.Duration) error {
+	if key == "" {
+		return ErrNoKey
+	}
+	sh, _, t := s.lock(key)
+	defer sh.mu.Unlock()
+	kl := sh.keyLog(key)
+	kl.holdUntil = max(kl.holdUntil, t+int64(d))
+	kl.probing, kl.probeID = true, 0
+	return nil
+}
+
+// EndProbe implements Store.
+func (s *MemoryStore) EndProbe(_ context.Context, r Reservation) error {
+	if !r.Probe {
+		return nil
+	}
+	sh, _, _ := s.lock(r.key)
+	defer sh.mu.Unlock()
+	if kl := sh.keys[r.key]; kl != nil && kl.probeID == r.id {
+		kl.probing, kl.probeID = false, 0
+	}
+	return nil
+}
+
+// Observe implements Store.
+func (s *MemoryStore) Observe(_ context.Context, key string, o Observation) error {
+	if key == "" {
+		return ErrNoKey
+	}
+	sh, _, t := s.lock(key)
+	defer sh.mu.Unlock()
+	kl := sh.keyLog(key)
+	if len(o.Limits) > 0 && o.KeepFor > 0 {
+		kl.learned = slices.Clone(o.Limits)
+		kl.learnedUntil = t + int64(o.KeepFor)
+		kl.replace = o.Replace
+		for _, l := range o.Limits {
+			kl.maxWindow = max(kl.maxWindow, int64(l.Window))
+		}
+	}
+	if o.Remaining < 0 || o.ResetIn <= 0 {
+		return nil
+	}
+	// The upstream counted the request sent at SentAt; it had not yet
+	// counted the ones this store released after it.
+	sent := int64(o.SentAt.Sub(s.epoch))
+	after := 0
+	for _, e := range kl.entries {
+		if e.state != pending && e.at > sent {
+			after++
+		}
+	}
+	budget := o.Remaining - after - o.Reserve
+	until := t + int64(o.ResetIn)
+	if t >= kl.budgetUntil || until > kl.budgetUntil+int64(time.Second) {
+		kl.budget, kl.budgetUntil = budget, until // a new upstream window
+	} else {
+		kl.budget = min(kl.budget, budget)
+	}
+	return nil
+}
+
+// keyLog returns the key's log, creating it.
+func (sh *shard) keyLog(key string) *keyLog {
+	kl := sh.keys[key]
+	if kl == nil {
+		kl = &keyLog{}
+		sh.keys[key] = kl
+	}
+	return kl
 }
 
 // Keys returns how many keys the store holds, idle ones not yet swept
@@ -306,9 +442,18 @@ func (kl *keyLog) move(i int, at int64) {
 	kl.entries[j] = e
 }
 
+// budgetRetention is how long entries are kept, even without limits, while
+// an upstream-reported budget is in force: Observe counts the requests sent
+// after the one that got the report.
+const budgetRetention = int64(10 * time.Second)
+
 // prune drops the entries that no window reaching t can contain.
 func (kl *keyLog) prune(t int64) {
-	cut := t - kl.maxWindow
+	keep := kl.maxWindow
+	if t < kl.budgetUntil {
+		keep = max(keep, budgetRetention)
+	}
+	cut := t - keep
 	i := 0
 	for i < len(kl.entries) && kl.entries[i].at <= cut {
 		i++
@@ -325,7 +470,9 @@ func (kl *keyLog) prune(t int64) {
 // sweep forgets keys whose latest entry has left their longest window.
 func (sh *shard) sweep(t int64) {
 	for k, kl := range sh.keys {
-		if n := len(kl.entries); n == 0 || kl.entries[n-1].at <= t-kl.maxWindow {
+		n := len(kl.entries)
+		idle := n == 0 || kl.entries[n-1].at <= t-kl.maxWindow
+		if idle && t >= kl.holdUntil && !kl.probing && t >= kl.budgetUntil && t >= kl.learnedUntil {
 			delete(sh.keys, k)
 		}
 	}

@@ -372,8 +372,121 @@ func TestReserveWithoutKeyOrLimits(t *testing.T) {
 		if !r.OK || r.Delay() != 0 {
 			t.Fatal("request without limits was delayed")
 		}
-		if err := s.Cancel(context.Background(), r); err != nil {
+		if err := s.Settle(context.Background(), r, time.Now()); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+func TestHoldDelaysEveryRequestThenOneProbeGoesFirst(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	queue := Request{Key: "k", MaxWait: time.Minute, MaxQueue: 100} // no limits: holds still apply
+	start := clock.Now()
+	if err := s.Hold(ctx, "k", 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if r := reserve(t, s, Request{Key: "k"}); r.OK || !r.Held || r.Delay() != 2*time.Second {
+		t.Fatalf("reject-mode request during a hold: OK=%v held=%v delay=%v, want refused for 2s", r.OK, r.Held, r.Delay())
+	}
+	a, b := reserve(t, s, queue), reserve(t, s, queue)
+	if a.At.Sub(start) != 2*time.Second || b.At.Sub(start) != 2*time.Second || !a.Held {
+		t.Fatalf("queued during the hold: a at +%v, b at +%v, want +2s", a.At.Sub(start), b.At.Sub(start))
+	}
+	clock.Set(a.At)
+	a, _ = s.Release(ctx, a)
+	b, _ = s.Release(ctx, b)
+	if a.Delay() != 0 || !a.Probe {
+		t.Fatalf("first after the hold: delay %v probe %v, want the probe, now", a.Delay(), a.Probe)
+	}
+	if b.Delay() == 0 || b.Probe {
+		t.Fatalf("second after the hold went before the probe's outcome")
+	}
+	// The probe is throttled again: hold anew; then it succeeds.
+	s.Settle(ctx, a, clock.Now())
+	s.Hold(ctx, "k", time.Second)
+	clock.Advance(time.Second)
+	b, _ = s.Release(ctx, b)
+	if b.Delay() != 0 || !b.Probe {
+		t.Fatalf("after the second hold b should probe: delay %v probe %v", b.Delay(), b.Probe)
+	}
+	c := reserve(t, s, queue)
+	if c.Delay() == 0 {
+		t.Fatal("c went while b probes")
+	}
+	s.Settle(ctx, b, clock.Now())
+	s.EndProbe(ctx, b)
+	clock.Set(c.At)
+	if c, _ = s.Release(ctx, c); c.Delay() != 0 || c.Probe {
+		t.Fatalf("after a good probe: delay %v probe %v, want open", c.Delay(), c.Probe)
+	}
+}
+
+func TestCancelledProbeLetsAnotherProbe(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	s.Hold(ctx, "k", time.Second)
+	clock.Advance(time.Second)
+	a := reserve(t, s, Request{Key: "k"})
+	if !a.Probe {
+		t.Fatal("no probe after the hold")
+	}
+	s.Cancel(ctx, a)
+	if b := reserve(t, s, Request{Key: "k"}); !b.OK || !b.Probe {
+		t.Fatalf("after the probe was cancelled: OK=%v probe=%v", b.OK, b.Probe)
+	}
+}
+
+func TestObservedRemainingBudgetsReleasesUntilTheReset(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	req := Request{Key: "k", Limits: mustLimits(t, "100/1m"), MaxWait: time.Minute, MaxQueue: 100}
+	first := reserve(t, s, req)
+	sent := clock.Now()
+	s.Settle(ctx, first, sent)
+	// Two more leave before the answer to the first comes back.
+	for range 2 {
+		r := reserve(t, s, req)
+		s.Settle(ctx, r, clock.Now().Add(time.Millisecond))
+	}
+	clock.Advance(10 * time.Millisecond)
+	// The upstream counted only the first: 6 left, keep 1 in reserve.
+	s.Observe(ctx, "k", Observation{SentAt: sent, Remaining: 6, Reserve: 1, ResetIn: 5 * time.Second})
+	for i := range 3 { // 6 - 2 in flight - 1 reserve = 3
+		if r := reserve(t, s, req); r.Delay() != 0 {
+			t.Fatalf("release %d of the budget delayed %v", i, r.Delay())
+		}
+	}
+	r := reserve(t, s, req)
+	if !r.Held || r.Delay() != 5*time.Second {
+		t.Fatalf("beyond the budget: held %v delay %v, want held until the reset in 5s", r.Held, r.Delay())
+	}
+}
+
+func TestLearnedWindowsTightenOrReplace(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	req := Request{Key: "k", Limits: mustLimits(t, "100/1s")}
+	s.Observe(ctx, "k", Observation{Remaining: -1, Limits: mustLimits(t, "2/1s"), KeepFor: time.Minute})
+	reserve(t, s, req)
+	reserve(t, s, req)
+	if r := reserve(t, s, req); r.OK {
+		t.Fatal("learned 2/1s did not tighten the configured 100/1s")
+	}
+	clock.Advance(2 * time.Minute) // learned windows expire
+	for i := range 5 {
+		if r := reserve(t, s, req); !r.OK {
+			t.Fatalf("request %d refused after the learned window expired", i)
+		}
+	}
+	s.Observe(ctx, "r", Observation{Remaining: -1, Limits: mustLimits(t, "50/1s"), Replace: true, KeepFor: time.Minute})
+	for i := range 50 {
+		if r := reserve(t, s, Request{Key: "r", Limits: mustLimits(t, "1/1s")}); !r.OK {
+			t.Fatalf("replace mode: request %d refused; the learned 50/1s should replace 1/1s", i)
 		}
 	}
 }

@@ -130,6 +130,13 @@ type Reservation struct {
 	// QueueFull reports that the request was refused because MaxQueue
 	// requests of the key were already waiting.
 	QueueFull bool
+	// Held reports that At was set by a hold (an upstream throttle, or the
+	// quota the upstream reported running out), not by a limit.
+	Held bool
+	// Probe reports that this request is the first to go after a hold:
+	// the others wait for its outcome, which the caller reports with
+	// EndProbe (success) or Hold (throttled again).
+	Probe bool
 
 	key    string
 	limits []Limit
@@ -174,6 +181,40 @@ type Store interface {
 	// Cancel gives back the slot of an OK reservation that was not sent.
 	// Cancelling a refused reservation is harmless.
 	Cancel(ctx context.Context, r Reservation) error
+
+	// Hold keeps every request of key from leaving for d from now (a hold
+	// only ever grows). When it ends, one request goes first as a probe
+	// and the others wait until EndProbe, another Hold, or ProbeTimeout.
+	Hold(ctx context.Context, key string, d time.Duration) error
+	// EndProbe reports that the probe r got an answer that was not a
+	// throttle: the key is open again.
+	EndProbe(ctx context.Context, r Reservation) error
+	// Observe records what the upstream reported about key's quota in the
+	// answer to a request sent at o.SentAt.
+	Observe(ctx context.Context, key string, o Observation) error
+}
+
+// ProbeTimeout is how long the other requests of a key wait for the
+// outcome of a probe before another request may probe.
+const ProbeTimeout = 30 * time.Second
+
+// Observation is what an upstream said about a key's quota in one answer.
+type Observation struct {
+	// SentAt is when the request that got the answer was sent.
+	SentAt time.Time
+	// Remaining is how many requests the upstream will still accept until
+	// ResetIn; negative when unknown. The store subtracts the requests it
+	// sent after SentAt (the upstream had not counted them yet) and Reserve,
+	// and holds the key until the reset once nothing is left.
+	Remaining int
+	Reserve   int
+	ResetIn   time.Duration
+	// Limits are windows the upstream reported; they apply to the key, in
+	// addition to the caller's limits (or instead of them when Replace),
+	// for KeepFor.
+	Limits  []Limit
+	Replace bool
+	KeepFor time.Duration
 }
 
 // Clock tells the time. Tests inject a fake one.
