@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+	"github.com/ratelimit-proxy/ratelimit-proxy/signals"
 	"gopkg.in/yaml.v3"
 )
 
@@ -108,6 +109,65 @@ type Upstream struct {
 	// jitter between the proxy and the vendor's clock. Default: 1% of the
 	// window, at least 10ms and at most 1s.
 	WindowMargin Duration `yaml:"window_margin"`
+	// Profile names a built-in vendor profile whose fields this upstream
+	// starts from; every field set here overrides the profile's.
+	Profile string `yaml:"profile"`
+	// Throttle says how the upstream signals "slow down" and what the proxy
+	// does about it.
+	Throttle Throttle `yaml:"throttle"`
+	// Learn says what the proxy takes from the quota headers the upstream
+	// sends.
+	Learn Learn `yaml:"learn"`
+}
+
+// Throttle configures how upstream throttles are recognised and handled.
+type Throttle struct {
+	// Rules recognise a throttle. Default: signals.DefaultRules().
+	Rules *signals.Rules `yaml:"rules"`
+	// Rewrite turns a recognised throttle into HTTP 429 with Retry-After
+	// for the client. Default true.
+	Rewrite *bool `yaml:"rewrite"`
+	// DefaultWait is the cooldown when the throttle says nothing about
+	// time. Default 5s.
+	DefaultWait Duration `yaml:"default_wait"`
+	// MinWait and MaxWait bound every wait the upstream names. Defaults 1s
+	// and 1h.
+	MinWait Duration `yaml:"min_wait"`
+	MaxWait Duration `yaml:"max_wait"`
+	// Retry configures transparent retries of throttled requests.
+	Retry Retry `yaml:"retry"`
+}
+
+// Retry configures transparent retries: when the upstream throttles and the
+// wait fits in the request's max_wait, the proxy waits and sends it again.
+type Retry struct {
+	// Enabled, default true.
+	Enabled *bool `yaml:"enabled"`
+	// Methods that are retried. Default GET, HEAD, OPTIONS.
+	Methods []string `yaml:"methods"`
+	// IdempotencyKey also retries requests that carry an Idempotency-Key
+	// header. Default true.
+	IdempotencyKey *bool `yaml:"idempotency_key"`
+	// AnyMethod retries every method, replaying bodies of non-idempotent
+	// requests. Default false.
+	AnyMethod bool `yaml:"any_method"`
+	// MaxAttempts counts every attempt, the first included. Default 3.
+	MaxAttempts int `yaml:"max_attempts"`
+	// MaxBody is the largest request body kept for a replay, in bytes.
+	// Default 1048576.
+	MaxBody int `yaml:"max_body"`
+}
+
+// Learn configures the informed governor.
+type Learn struct {
+	// Mode is "tighten" (default: windows the upstream reports apply on top
+	// of the configured limits), "replace" (they replace the configured
+	// limits while known) or "off" (quota headers are ignored).
+	Mode string `yaml:"mode"`
+	// Threshold is the share of the upstream's limit kept unused: when
+	// what is left falls to it, the key is held until the reset. Default
+	// 0.05.
+	Threshold *float64 `yaml:"threshold"`
 }
 
 // IdentityRule finds a credential in a request. Exactly one of Header,
@@ -252,6 +312,9 @@ func Parse(name string, data []byte) (*Config, error) {
 		}
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	if err := applyProfiles(&cfg, d, root); err != nil {
+		return nil, err
+	}
 	if err := cfg.validate(d, root); err != nil {
 		return nil, err
 	}
@@ -296,6 +359,31 @@ func (c *Config) fillDefaults() {
 		if u.Anonymous == nil {
 			u.Anonymous = &Anonymous{Limits: u.Limits}
 		}
+		th := &u.Throttle
+		if th.Rules == nil {
+			r := signals.DefaultRules()
+			th.Rules = &r
+		}
+		th.Rewrite = orTrue(th.Rewrite)
+		th.DefaultWait = orDuration(th.DefaultWait, 5*time.Second)
+		th.MinWait = orDuration(th.MinWait, time.Second)
+		th.MaxWait = orDuration(th.MaxWait, time.Hour)
+		th.Retry.Enabled = orTrue(th.Retry.Enabled)
+		th.Retry.IdempotencyKey = orTrue(th.Retry.IdempotencyKey)
+		if th.Retry.Methods == nil {
+			th.Retry.Methods = []string{"GET", "HEAD", "OPTIONS"}
+		}
+		if th.Retry.MaxAttempts == 0 {
+			th.Retry.MaxAttempts = 3
+		}
+		if th.Retry.MaxBody == 0 {
+			th.Retry.MaxBody = 1 << 20
+		}
+		u.Learn.Mode = or(u.Learn.Mode, "tighten")
+		if u.Learn.Threshold == nil {
+			v := 0.05
+			u.Learn.Threshold = &v
+		}
 		for j := range u.Hosts {
 			u.Hosts[j] = strings.ToLower(u.Hosts[j])
 		}
@@ -335,6 +423,21 @@ func (u *Upstream) Margin(window time.Duration) time.Duration {
 		return time.Duration(u.WindowMargin)
 	}
 	return min(max(window/100, 10*time.Millisecond), time.Second)
+}
+
+func orTrue(b *bool) *bool {
+	if b == nil {
+		t := true
+		return &t
+	}
+	return b
+}
+
+func orDuration(d Duration, def time.Duration) Duration {
+	if d == 0 {
+		return Duration(def)
+	}
+	return d
 }
 
 func or(s, def string) string {
@@ -441,6 +544,29 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 		case "", "queue", "reject":
 		default:
 			return fail(p+".mode", "%q: want queue or reject", u.Mode)
+		}
+		th := u.Throttle
+		if th.MinWait != 0 && th.MaxWait != 0 && th.MinWait > th.MaxWait {
+			return fail(p+".throttle.min_wait", "min_wait %v is above max_wait %v", time.Duration(th.MinWait), time.Duration(th.MaxWait))
+		}
+		for j, m := range th.Retry.Methods {
+			if !tokenRE.MatchString(m) || strings.ToUpper(m) != m {
+				return fail(fmt.Sprintf("%s.throttle.retry.methods[%d]", p, j), "%q: want an upper-case HTTP method", m)
+			}
+		}
+		if th.Retry.MaxAttempts < 0 || th.Retry.MaxAttempts > 10 {
+			return fail(p+".throttle.retry.max_attempts", "must be from 1 to 10")
+		}
+		if th.Retry.MaxBody < 0 {
+			return fail(p+".throttle.retry.max_body", "must not be negative")
+		}
+		switch u.Learn.Mode {
+		case "", "tighten", "replace", "off":
+		default:
+			return fail(p+".learn.mode", "%q: want tighten, replace or off", u.Learn.Mode)
+		}
+		if th := u.Learn.Threshold; th != nil && (*th < 0 || *th >= 1) {
+			return fail(p+".learn.threshold", "%v: want a share from 0 to below 1, such as 0.05", *th)
 		}
 		if u.MaxQueue < 0 {
 			return fail(p+".max_queue", "must not be negative")

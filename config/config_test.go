@@ -142,3 +142,89 @@ func TestSetDataDirMovesDefaultCAFilesOnly(t *testing.T) {
 		t.Errorf("explicit CA files moved: %q, data dir %q", cfg.CACert, cfg.DataDir)
 	}
 }
+
+func TestEveryProfileLoadsAndValidates(t *testing.T) {
+	names := Profiles()
+	if len(names) < 12 {
+		t.Fatalf("%d profiles, want the 4 vendors and at least 8 more: %v", len(names), names)
+	}
+	for _, name := range names {
+		t.Run(name, func(t *testing.T) {
+			text := "upstreams:\n  - profile: " + name + "\n"
+			if name == "shopify" {
+				text += "    hosts: [shop.myshopify.com]\n"
+			}
+			cfg, err := Parse("p.yaml", []byte(text))
+			if err != nil {
+				t.Fatal(err)
+			}
+			u := cfg.Upstreams[0]
+			if u.Name != name || len(u.Hosts) == 0 || len(u.Identity) == 0 || u.Throttle.Rules == nil {
+				t.Errorf("profile %s: name %q hosts %v identity %v", name, u.Name, u.Hosts, u.Identity)
+			}
+		})
+	}
+	for _, vendor := range []string{"clari", "clarifai", "closient", "engagor"} {
+		if _, err := Profile(vendor); err != nil {
+			t.Errorf("vendor profile %s: %v", vendor, err)
+		}
+	}
+}
+
+func TestConfigFieldsOverrideTheProfile(t *testing.T) {
+	cfg, err := Parse("p.yaml", []byte(`upstreams:
+  - profile: closient
+    name: closient-eu
+    limits: [100/1m]
+    throttle:
+      default_wait: 9s
+      rules:
+        statuses: [429, 420]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := cfg.Upstreams[0]
+	if u.Name != "closient-eu" || u.Hosts[0] != "www.closient.com" || u.Identity[0].Header != "X-API-Key" {
+		t.Errorf("profile fields lost: %+v", u)
+	}
+	if len(u.Limits) != 1 || u.Limits[0].Count != 100 || time.Duration(u.Throttle.DefaultWait) != 9*time.Second {
+		t.Errorf("overrides not applied: limits %v default_wait %v", u.Limits, time.Duration(u.Throttle.DefaultWait))
+	}
+	if got := u.Throttle.Rules.Statuses; len(got) != 2 || got[1] != 420 {
+		t.Errorf("rules.statuses = %v", got)
+	}
+	if len(u.Overrides) != 1 || u.Overrides[0].Prefix != "cpk_" {
+		t.Errorf("the profile's overrides were lost: %v", u.Overrides)
+	}
+}
+
+func TestUnknownProfileIsNamed(t *testing.T) {
+	_, err := Parse("p.yaml", []byte("upstreams:\n  - profile: clsoient\n"))
+	if err == nil || !strings.Contains(err.Error(), "p.yaml:2: upstreams[0].profile") || !strings.Contains(err.Error(), "closient") {
+		t.Fatalf("unknown profile: %v", err)
+	}
+}
+
+func TestThrottleAndLearnDefaultsAndChecks(t *testing.T) {
+	cfg, err := Parse("p.yaml", []byte("upstreams:\n  - name: a\n    hosts: [a]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := cfg.Upstreams[0]
+	if !*u.Throttle.Rewrite || !*u.Throttle.Retry.Enabled || u.Throttle.Retry.MaxAttempts != 3 || u.Learn.Mode != "tighten" || *u.Learn.Threshold != 0.05 {
+		t.Errorf("defaults: %+v %+v", u.Throttle, u.Learn)
+	}
+	for _, tt := range []struct{ yaml, want string }{
+		{"    throttle: {min_wait: 10s, max_wait: 1s}\n", "upstreams[0].throttle.min_wait"},
+		{"    throttle: {retry: {methods: [get]}}\n", "upstreams[0].throttle.retry.methods[0]"},
+		{"    learn: {mode: guess}\n", "upstreams[0].learn.mode"},
+		{"    learn: {threshold: 1.5}\n", "upstreams[0].learn.threshold"},
+		{"    throttle: {rules: {statuses: [many]}}\n", "upstreams[0].throttle.rules.statuses[0]"},
+	} {
+		_, err := Parse("p.yaml", []byte("upstreams:\n  - name: a\n    hosts: [a]\n"+tt.yaml))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: error %v, want one naming %s", tt.yaml, err, tt.want)
+		}
+	}
+}

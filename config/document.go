@@ -83,6 +83,10 @@ func (d *document) check(n *yaml.Node, t reflect.Type, path string) error {
 		if _, err := strconv.Atoi(n.Value); n.Kind != yaml.ScalarNode || err != nil {
 			return d.errorf(n, "%s: want a whole number", display(path))
 		}
+	case reflect.Float64:
+		if _, err := strconv.ParseFloat(n.Value, 64); n.Kind != yaml.ScalarNode || err != nil {
+			return d.errorf(n, "%s: want a number", display(path))
+		}
 	}
 	return nil
 }
