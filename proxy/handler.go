@@ -1,17 +1,17 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
-	"net/http/httptrace"
 	"net/url"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
@@ -30,18 +30,18 @@ const (
 	decisionError      = "error"       // the proxy could not get an answer
 )
 
-// exchange is what the proxy learns about one request, for its log line
-// and for settling its reservation.
+// exchange is what the proxy learns about one request, for its log line.
 type exchange struct {
 	start    time.Time
 	up       *upstream
 	id       identity
-	res      quota.Reservation
+	res      quota.Reservation // the credential's last reservation
 	decision string
 	wait     time.Duration
+	attempts int
+	throttle string // the rule that recognised the last upstream throttle
 	status   int
 	err      string
-	done     atomic.Bool // the reservation was settled or cancelled
 }
 
 type exchangeKey struct{}
@@ -78,74 +78,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		x.decision = decisionUnlimited
-		s.forward(w, r, x)
-		return
+	} else {
+		x.id = x.up.identify(r)
 	}
-	x.id = x.up.identify(r)
-	req := quota.Request{Key: x.id.key, Limits: x.id.limits.enforced, MaxQueue: x.up.maxQueue}
-	if !x.up.reject {
-		req.MaxWait = x.up.maxWait
-	}
-	res, err := s.store.Reserve(r.Context(), req)
-	if err != nil {
-		x.decision = decisionError
-		s.log.Error("quota store failed", zap.String("upstream", x.up.name), zap.String("key", x.id.fingerprint), zap.Error(err))
-		s.writeError(w, x, http.StatusServiceUnavailable, "QUOTA_STORE_UNAVAILABLE", "the quota store did not answer; retry shortly")
-		return
-	}
-	x.res = res
-	if !res.OK {
-		x.decision = decisionRejected
-		if res.QueueFull {
-			x.decision = decisionQueueFull
-		}
-		s.writeRateLimited(w, x)
-		return
-	}
-	x.decision = decisionPass
-	for d := res.Delay(); d > 0; d = x.res.Delay() {
-		// Queued: wait for the slot, then let the store check it again
-		// against what it learned meanwhile (earlier requests that left
-		// later than booked); it may name a later slot.
-		x.decision = decisionQueued
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			t.Stop()
-			s.cancel(x)
-			x.decision = decisionClientGone
-			x.wait = time.Since(x.start)
-			return
-		}
-		if x.res, err = s.store.Release(r.Context(), x.res); err != nil {
-			s.cancel(x)
-			x.decision = decisionError
-			s.log.Error("quota store failed", zap.String("upstream", x.up.name), zap.String("key", x.id.fingerprint), zap.Error(err))
-			s.writeError(w, x, http.StatusServiceUnavailable, "QUOTA_STORE_UNAVAILABLE", "the quota store did not answer; retry shortly")
-			return
-		}
-	}
-	x.wait = time.Since(x.start)
-	s.forward(w, r, x)
+	// Admission, sending, throttles and retries happen in upstreamTransport.
+	s.forwarder.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
 }
 
-// forward sends the request upstream and copies the answer back. Errors
-// reach forwardError. The reservation is settled with the time the request
-// was written upstream, so that later requests are timed from when this
-// one really left, not from when it was allowed to.
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
-	ctx := context.WithValue(r.Context(), exchangeKey{}, x)
-	if x.res.OK {
-		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-			WroteRequest: func(httptrace.WroteRequestInfo) { s.settle(x, time.Now()) },
-		})
-	}
-	s.forwarder.ServeHTTP(w, r.WithContext(ctx))
-	s.settle(x, time.Now()) // if the request was never written: now is a safe upper bound
-}
-
-// noteResponse records the upstream status for the log line.
+// noteResponse records the status the client gets, for the log line.
 func (s *Server) noteResponse(resp *http.Response) error {
 	if x, ok := resp.Request.Context().Value(exchangeKey{}).(*exchange); ok {
 		x.status = resp.StatusCode
@@ -153,9 +93,8 @@ func (s *Server) noteResponse(resp *http.Response) error {
 	return nil
 }
 
-// forwardError turns a failed upstream round trip into a clear answer: 504
-// for a timeout, 502 otherwise. A request that provably never reached the
-// upstream (the connection could not be made) gives its slot back.
+// forwardError turns a failed round trip into a clear answer: 504 for a
+// timeout, 503 when the quota store failed, 502 otherwise.
 func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error) {
 	x, _ := r.Context().Value(exchangeKey{}).(*exchange)
 	if x == nil {
@@ -165,9 +104,6 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error)
 	if errors.As(err, &ue) {
 		err = ue.Err // never echo the URL: its query may hold a credential
 	}
-	if neverSent(err) {
-		s.cancel(x)
-	}
 	if r.Context().Err() != nil {
 		x.decision = decisionClientGone
 		x.err = "client went away"
@@ -175,6 +111,12 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error)
 	}
 	x.decision = decisionError
 	x.err = err.Error()
+	var se errStore
+	if errors.As(err, &se) {
+		s.log.Error("quota store failed", zap.String("key", x.id.fingerprint), zap.Error(se.err))
+		s.writeError(w, x, http.StatusServiceUnavailable, "QUOTA_STORE_UNAVAILABLE", "the quota store did not answer; retry shortly")
+		return
+	}
 	var ne net.Error
 	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
 		s.writeError(w, x, http.StatusGatewayTimeout, "UPSTREAM_TIMEOUT", "the upstream did not answer in time: "+x.err)
@@ -197,47 +139,6 @@ func neverSent(err error) bool {
 	return errors.As(err, &verr) || errors.As(err, &uerr) || errors.As(err, &herr) || errors.As(err, &rerr)
 }
 
-// cancel gives the reservation back; settle records its send time. Only
-// the first of them, once, reaches the store.
-func (s *Server) cancel(x *exchange) {
-	if x.res.OK && x.done.CompareAndSwap(false, true) {
-		if err := s.store.Cancel(context.Background(), x.res); err != nil {
-			s.log.Warn("giving a slot back failed", zap.String("key", x.id.fingerprint), zap.Error(err))
-		}
-	}
-}
-
-func (s *Server) settle(x *exchange, sentAt time.Time) {
-	if x.res.OK && x.done.CompareAndSwap(false, true) {
-		if err := s.store.Settle(context.Background(), x.res, sentAt); err != nil {
-			s.log.Warn("settling a slot failed", zap.String("key", x.id.fingerprint), zap.Error(err))
-		}
-	}
-}
-
-// writeRateLimited answers for the upstream: 429, Retry-After in whole
-// seconds rounded up (so that a retry then is admitted when no one else
-// took the quota), the IETF RateLimit-Policy and RateLimit headers, and a
-// JSON body.
-func (s *Server) writeRateLimited(w http.ResponseWriter, x *exchange) {
-	secs := ceilSeconds(x.res.Delay())
-	limit, _ := x.id.limits.shownFor(x.res.Binding)
-	h := w.Header()
-	h.Set("Retry-After", itoa(secs))
-	if x.id.limits.policy != "" {
-		h.Set("RateLimit-Policy", x.id.limits.policy)
-		h.Set("RateLimit", strconv.Quote(limit.String())+";r=0;t="+itoa(secs))
-	}
-	msg := "quota of " + x.up.name + " exhausted for this key (" + limit.String() + "); retry after " + itoa(secs) + "s"
-	if x.res.QueueFull {
-		msg = "too many requests of this key are already waiting for " + x.up.name + " (max_queue); retry after " + itoa(secs) + "s"
-	}
-	x.status = http.StatusTooManyRequests
-	writeJSON(w, http.StatusTooManyRequests, errorBody{Error: errorDetail{
-		Code: "RATE_LIMITED", Message: msg, RetryAfterSeconds: secs, Source: "proxy",
-	}})
-}
-
 type errorBody struct {
 	Error errorDetail `json:"error"`
 }
@@ -252,6 +153,24 @@ type errorDetail struct {
 func (s *Server) writeError(w http.ResponseWriter, x *exchange, status int, code, msg string) {
 	x.status = status
 	writeJSON(w, status, errorBody{Error: errorDetail{Code: code, Message: msg, Source: "proxy"}})
+}
+
+// jsonResponse builds a response the proxy answers itself.
+func jsonResponse(status int, h http.Header, body any) *http.Response {
+	data, _ := json.Marshal(body)
+	data = append(data, '\n')
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(data)))
+	return &http.Response{
+		StatusCode:    status,
+		Status:        strconv.Itoa(status) + " " + http.StatusText(status),
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        h,
+		Body:          io.NopCloser(bytes.NewReader(data)),
+		ContentLength: int64(len(data)),
+	}
 }
 
 func writeJSON(w http.ResponseWriter, status int, body any) {
@@ -283,6 +202,12 @@ func (s *Server) logExchange(r *http.Request, x *exchange) {
 			zap.Float64("queue_wait_ms", float64(x.wait.Microseconds())/1000),
 			zap.Int("status", x.status),
 			zap.Float64("latency_ms", float64(time.Since(x.start).Microseconds())/1000),
+		}
+		if x.attempts > 1 {
+			fields = append(fields, zap.Int("attempts", x.attempts))
+		}
+		if x.throttle != "" {
+			fields = append(fields, zap.String("upstream_throttle", x.throttle))
 		}
 		if x.err != "" {
 			fields = append(fields, zap.String("error", x.err))

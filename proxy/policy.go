@@ -9,10 +9,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/config"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+	"github.com/ratelimit-proxy/ratelimit-proxy/signals"
 )
 
 // upstream is the compiled policy of one configured upstream.
@@ -26,6 +28,31 @@ type upstream struct {
 	reject    bool
 	maxWait   time.Duration
 	maxQueue  int
+
+	throttle throttlePolicy
+	learn    learnPolicy
+	margin   func(time.Duration) time.Duration
+	buckets  *bucketMap
+}
+
+// throttlePolicy is the compiled throttle section of an upstream.
+type throttlePolicy struct {
+	rules       signals.Rules
+	candidates  map[int]bool // statuses whose body must be read to classify
+	rewrite     bool
+	defaultWait time.Duration
+	bounds      signals.Bounds
+	retry       bool
+	methods     map[string]bool
+	idemKey     bool
+	anyMethod   bool
+	maxAttempts int
+	maxBody     int
+}
+
+type learnPolicy struct {
+	off, replace bool
+	threshold    float64
 }
 
 type ruleKind int
@@ -91,6 +118,31 @@ func compileUpstream(u *config.Upstream) *upstream {
 		maxQueue: u.MaxQueue,
 	}
 	c.anonymous = newLimitSet(u, u.Anonymous.Limits)
+	c.margin = u.Margin
+	c.buckets = newBucketMap(4096)
+	th := u.Throttle
+	c.throttle = throttlePolicy{
+		rules:       *th.Rules,
+		candidates:  map[int]bool{},
+		rewrite:     *th.Rewrite,
+		defaultWait: time.Duration(th.DefaultWait),
+		bounds:      signals.Bounds{Min: time.Duration(th.MinWait), Max: time.Duration(th.MaxWait)},
+		retry:       *th.Retry.Enabled,
+		methods:     map[string]bool{},
+		idemKey:     *th.Retry.IdempotencyKey,
+		anyMethod:   th.Retry.AnyMethod,
+		maxAttempts: th.Retry.MaxAttempts,
+		maxBody:     th.Retry.MaxBody,
+	}
+	for _, set := range [][]int{th.Rules.Statuses, th.Rules.MarkerStatuses, th.Rules.RetryAfterStatuses, th.Rules.OverloadStatuses} {
+		for _, code := range set {
+			c.throttle.candidates[code] = true
+		}
+	}
+	for _, m := range th.Retry.Methods {
+		c.throttle.methods[m] = true
+	}
+	c.learn = learnPolicy{off: u.Learn.Mode == "off", replace: u.Learn.Mode == "replace", threshold: *u.Learn.Threshold}
 	for _, r := range u.Identity {
 		cr := rule{label: r.Kind()}
 		switch {
@@ -224,3 +276,35 @@ func ceilSeconds(d time.Duration) int64 {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// bucketMap remembers which upstream bucket (GitHub resource, Discord
+// bucket) a route fell into, so that what the upstream taught about the
+// bucket applies to the route's next requests. It holds at most max routes;
+// when full it starts over.
+type bucketMap struct {
+	mu     sync.RWMutex
+	routes map[string]string
+	max    int
+}
+
+func newBucketMap(max int) *bucketMap {
+	return &bucketMap{routes: map[string]string{}, max: max}
+}
+
+func (b *bucketMap) get(route string) string {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.routes[route]
+}
+
+func (b *bucketMap) set(route, bucket string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.routes[route] == bucket {
+		return
+	}
+	if len(b.routes) >= b.max {
+		clear(b.routes)
+	}
+	b.routes[route] = bucket
+}

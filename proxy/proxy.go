@@ -90,7 +90,7 @@ func New(cfg *config.Config, log *zap.Logger, store quota.Store) (*Server, error
 	s.transport = newTransport(cfg, roots, connectTo)
 	s.forwarder = &httputil.ReverseProxy{
 		Rewrite:        func(*httputil.ProxyRequest) {}, // the URL is already absolute; no X-Forwarded-*
-		Transport:      s.transport,
+		Transport:      upstreamTransport{s},
 		BufferPool:     newBufferPool(),
 		ModifyResponse: s.noteResponse,
 		ErrorHandler:   s.forwardError,

@@ -66,6 +66,7 @@ type keyLog struct {
 
 	budget      int   // releases left before budgetUntil, when active
 	budgetUntil int64 // the upstream's reset; the budget is off after it
+	informed    bool  // a scout came back, or the upstream reported a budget
 
 	learned      []Limit // windows the upstream reported
 	learnedUntil int64
@@ -87,8 +88,17 @@ func (kl *keyLog) limits(req []Limit, t int64) []Limit {
 }
 
 // gate returns the earliest time from t at which request id may leave as
-// far as holds, probes and the reported budget go.
-func (kl *keyLog) gate(t int64, id uint64) int64 {
+// far as holds, probes and the reported budget go. With scout, a key that
+// knows nothing of its upstream quota starts probing.
+func (kl *keyLog) gate(t int64, id uint64, scout bool) int64 {
+	if scout {
+		if kl.budgetUntil > 0 && t >= kl.budgetUntil {
+			kl.informed, kl.budgetUntil = false, 0 // the reported window is over
+		}
+		if !kl.informed && !kl.probing {
+			kl.probing, kl.probeID = true, 0
+		}
+	}
 	if t < kl.holdUntil {
 		return kl.holdUntil
 	}
@@ -165,7 +175,7 @@ func (s *MemoryStore) Reserve(_ context.Context, req Request) (Reservation, erro
 	kl.maxWindow = maxWindow
 	kl.prune(t)
 
-	res := Reservation{Now: now, At: now, key: req.Key, limits: req.Limits, slot: noSlot}
+	res := Reservation{Now: now, At: now, key: req.Key, limits: req.Limits, scout: req.Scout, slot: noSlot}
 	es := kl.entries
 	slot := t
 	if n := len(es); n > 0 && es[n-1].at > slot {
@@ -186,7 +196,7 @@ func (s *MemoryStore) Reserve(_ context.Context, req Request) (Reservation, erro
 	}
 	sh.nextID++
 	id := sh.nextID
-	if g := kl.gate(t, id); g > slot {
+	if g := kl.gate(t, id, req.Scout); g > slot {
 		slot, res.Held, res.Binding = g, true, Limit{}
 	}
 	res.At = s.epoch.Add(time.Duration(slot))
@@ -236,7 +246,7 @@ func (s *MemoryStore) Release(_ context.Context, r Reservation) (Reservation, er
 	cand := max(t, self.at)
 	limits := kl.limits(r.limits, t)
 	for range len(kl.entries) + 1 { // each round only moves cand later
-		next := max(cand, kl.gate(cand, self.id))
+		next := max(cand, kl.gate(t, self.id, r.scout))
 		for _, l := range limits {
 			if nth, ok := kl.nthLatest(l.Count, cand, t, self.id); ok {
 				next = max(next, nth+int64(l.Window))
@@ -350,7 +360,7 @@ func (s *MemoryStore) EndProbe(_ context.Context, r Reservation) error {
 	sh, _, _ := s.lock(r.key)
 	defer sh.mu.Unlock()
 	if kl := sh.keys[r.key]; kl != nil && kl.probeID == r.id {
-		kl.probing, kl.probeID = false, 0
+		kl.probing, kl.probeID, kl.informed = false, 0, true
 	}
 	return nil
 }
@@ -385,6 +395,7 @@ func (s *MemoryStore) Observe(_ context.Context, key string, o Observation) erro
 	}
 	budget := o.Remaining - after - o.Reserve
 	until := t + int64(o.ResetIn)
+	kl.informed = true
 	if t >= kl.budgetUntil || until > kl.budgetUntil+int64(time.Second) {
 		kl.budget, kl.budgetUntil = budget, until // a new upstream window
 	} else {

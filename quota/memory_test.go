@@ -690,3 +690,46 @@ func TestSimulatedClientsNeverExceedOnSendTimes(t *testing.T) {
 		})
 	}
 }
+
+func TestScoutGoesAloneUntilTheUpstreamHasSpoken(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	req := Request{Key: "k", Limits: mustLimits(t, "100/1s"), MaxWait: time.Minute, MaxQueue: 100, Scout: true}
+	scout := reserve(t, s, req)
+	if scout.Delay() != 0 || !scout.Probe {
+		t.Fatalf("first request of a new key: delay %v probe %v, want the scout", scout.Delay(), scout.Probe)
+	}
+	other := reserve(t, s, req)
+	if other.Delay() == 0 {
+		t.Fatal("a second request went before the scout's answer")
+	}
+	s.Settle(ctx, scout, clock.Now())
+	s.Observe(ctx, "k", Observation{SentAt: clock.Now(), Remaining: 3, ResetIn: time.Second})
+	s.EndProbe(ctx, scout)
+	clock.Set(other.At)
+	if other, _ = s.Release(ctx, other); other.Delay() != 0 {
+		t.Fatalf("after the scout's answer: delay %v", other.Delay())
+	}
+	reserve(t, s, req)
+	reserve(t, s, req) // the budget of 3 is spent (other + these two)
+	if r := reserve(t, s, req); !r.Held {
+		t.Fatal("the reported budget was not enforced")
+	}
+	// At the reset the store knows nothing again: scout anew.
+	clock.Advance(time.Second)
+	a, b := reserve(t, s, req), reserve(t, s, req)
+	if a.Delay() != 0 || !a.Probe || b.Delay() == 0 {
+		t.Fatalf("after the reset: a delay %v probe %v, b delay %v; want a to scout alone", a.Delay(), a.Probe, b.Delay())
+	}
+	// A key whose upstream reports nothing scouts once.
+	n := Request{Key: "quiet", Limits: mustLimits(t, "100/1s"), Scout: true}
+	q := reserve(t, s, n)
+	s.Settle(ctx, q, clock.Now())
+	s.EndProbe(ctx, q)
+	for i := range 10 {
+		if r := reserve(t, s, n); r.Delay() != 0 || r.Probe {
+			t.Fatalf("request %d of a quiet key after its scout: delay %v probe %v", i, r.Delay(), r.Probe)
+		}
+	}
+}

@@ -111,6 +111,12 @@ type Request struct {
 	// a future slot; a request that would have to wait beyond them is
 	// refused. It matters only when MaxWait > 0.
 	MaxQueue int
+	// Scout asks that, while the store knows nothing the upstream reported
+	// about the key (a new key, or its reported budget ran to its reset),
+	// the first request go alone as a probe and the others wait for its
+	// answer (EndProbe), so that no burst spends a quota someone else
+	// already used.
+	Scout bool
 }
 
 // Reservation is a Store's answer. When OK, the request holds a slot at At
@@ -140,6 +146,7 @@ type Reservation struct {
 
 	key    string
 	limits []Limit
+	scout  bool
 	slot   int64  // store-specific: the booked time
 	id     uint64 // store-specific: names the reservation within its key
 }

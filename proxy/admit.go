@@ -1,0 +1,382 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math"
+	"mime"
+	"net/http"
+	"net/http/httptrace"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+	"github.com/ratelimit-proxy/ratelimit-proxy/signals"
+	"go.uber.org/zap"
+)
+
+// gate is one store key a request must pass: the credential's key, with its
+// limits, and, when the route is known to fall in an upstream bucket, the
+// bucket's key, which carries only what the upstream taught about it.
+type gate struct {
+	key    string
+	limits []quota.Limit
+	res    quota.Reservation
+	done   atomic.Bool // settled or cancelled
+}
+
+// errStore marks a failure of the quota store.
+type errStore struct{ err error }
+
+func (e errStore) Error() string { return "quota store: " + e.err.Error() }
+func (e errStore) Unwrap() error { return e.err }
+
+// upstreamTransport admits, sends, inspects and, when the upstream
+// throttles, holds, retries or rewrites. It is the forwarder's Transport.
+type upstreamTransport struct{ s *Server }
+
+func (t upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	s := t.s
+	x, _ := req.Context().Value(exchangeKey{}).(*exchange)
+	if x == nil || x.up == nil {
+		return s.transport.RoundTrip(req)
+	}
+	up := x.up
+	replay := prepareReplay(req, up)
+	route := req.Method + " " + req.URL.Path
+	for attempt := 1; ; attempt++ {
+		x.attempts = attempt
+		gates := []*gate{{key: x.id.key, limits: x.id.limits.enforced}}
+		if b := up.buckets.get(route); b != "" {
+			gates = append(gates, &gate{key: x.id.key + "#" + b})
+		}
+		if local, err := s.admit(req.Context(), x, gates); local != nil || err != nil {
+			if local != nil {
+				local.Request = req
+			}
+			return local, err
+		}
+		sentAt, resp, err := s.send(req, gates)
+		if err != nil {
+			s.endProbes(gates)
+			return nil, err
+		}
+		verdict, wait, bucket := s.inspect(x, resp, sentAt, route)
+		if !verdict.Throttle {
+			s.endProbes(gates)
+			return resp, nil
+		}
+		x.throttle = verdict.Rule
+		holdKey := x.id.key
+		if bucket != "" && resp.Header.Get("X-RateLimit-Global") == "" {
+			holdKey = x.id.key + "#" + bucket
+		}
+		if err := s.store.Hold(context.Background(), holdKey, wait); err != nil {
+			s.log.Warn("holding a key failed", zap.String("key", x.id.fingerprint), zap.Error(err))
+		}
+		if replay != nil && attempt < up.throttle.maxAttempts && !up.reject && time.Since(x.start)+wait <= up.maxWait {
+			io.Copy(io.Discard, io.LimitReader(resp.Body, signals.MaxBody))
+			resp.Body.Close()
+			req.Body = replay()
+			continue
+		}
+		if up.throttle.rewrite {
+			rewriteThrottle(resp, x, wait)
+		}
+		return resp, nil
+	}
+}
+
+// prepareReplay returns a function giving a fresh copy of the request body
+// for each retry, or nil when the request must not be retried.
+func prepareReplay(req *http.Request, up *upstream) func() io.ReadCloser {
+	th := up.throttle
+	if !th.retry || th.maxAttempts < 2 {
+		return nil
+	}
+	if !th.anyMethod && !th.methods[req.Method] && !(th.idemKey && req.Header.Get("Idempotency-Key") != "") {
+		return nil
+	}
+	if req.Body == nil || req.Body == http.NoBody {
+		return func() io.ReadCloser { return http.NoBody }
+	}
+	buf, err := io.ReadAll(io.LimitReader(req.Body, int64(th.maxBody)+1))
+	if err != nil || len(buf) > th.maxBody {
+		// Too large to keep (or unreadable): send what was read, then the
+		// rest, once.
+		req.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(buf), req.Body), req.Body}
+		return nil
+	}
+	req.Body.Close()
+	req.Body = io.NopCloser(bytes.NewReader(buf))
+	return func() io.ReadCloser { return io.NopCloser(bytes.NewReader(buf)) }
+}
+
+// admit reserves a slot at every gate and waits for it. It returns a local
+// 429 when the request may not wait that long, ctx's error when the client
+// leaves, or an errStore.
+func (s *Server) admit(ctx context.Context, x *exchange, gates []*gate) (*http.Response, error) {
+	up := x.up
+	maxWait := time.Duration(0)
+	if !up.reject {
+		maxWait = max(up.maxWait-time.Since(x.start), 0)
+	}
+	for i, g := range gates {
+		res, err := s.store.Reserve(ctx, quota.Request{Key: g.key, Limits: g.limits, MaxWait: maxWait, MaxQueue: up.maxQueue, Scout: !up.learn.off && i == 0})
+		if err != nil {
+			s.cancelGates(gates[:i])
+			return nil, errStore{err}
+		}
+		g.res = res
+		if !res.OK {
+			s.cancelGates(gates[:i])
+			x.res = res
+			x.decision = decisionRejected
+			if res.QueueFull {
+				x.decision = decisionQueueFull
+			}
+			return s.rateLimited(x), nil
+		}
+	}
+	if x.decision == "" {
+		x.decision = decisionPass
+	}
+	for {
+		var wait time.Duration
+		for _, g := range gates {
+			wait = max(wait, g.res.Delay())
+		}
+		if wait == 0 {
+			x.res = gates[0].res
+			return nil, nil
+		}
+		// Queued: wait for the slot, then let the store check it again
+		// against what it learned meanwhile (earlier requests that left
+		// later than booked, holds); it may name a later slot.
+		x.decision = decisionQueued
+		start := time.Now()
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			s.cancelGates(gates)
+			x.wait += time.Since(start)
+			return nil, ctx.Err()
+		}
+		x.wait += time.Since(start)
+		for _, g := range gates {
+			if g.res.Delay() > 0 {
+				res, err := s.store.Release(ctx, g.res)
+				if err != nil {
+					s.cancelGates(gates)
+					return nil, errStore{err}
+				}
+				g.res = res
+			}
+		}
+	}
+}
+
+// send writes the request upstream and settles every gate with the time it
+// was written, so that later requests are timed from when this one really
+// left. A request that provably never left gives its slots back.
+func (s *Server) send(req *http.Request, gates []*gate) (time.Time, *http.Response, error) {
+	var sentAt atomic.Int64
+	settle := func() {
+		now := time.Now()
+		sentAt.CompareAndSwap(0, now.UnixNano())
+		for _, g := range gates {
+			if g.done.CompareAndSwap(false, true) {
+				if err := s.store.Settle(context.Background(), g.res, now); err != nil {
+					s.log.Warn("settling a slot failed", zap.Error(err))
+				}
+			}
+		}
+	}
+	ctx := httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		WroteRequest: func(httptrace.WroteRequestInfo) { settle() },
+	})
+	resp, err := s.transport.RoundTrip(req.WithContext(ctx))
+	if err != nil && neverSent(err) {
+		s.cancelGates(gates)
+	} else {
+		settle() // written, or perhaps partly: now is a safe upper bound
+	}
+	return time.Unix(0, sentAt.Load()), resp, err
+}
+
+func (s *Server) cancelGates(gates []*gate) {
+	for _, g := range gates {
+		if g.res.OK && g.done.CompareAndSwap(false, true) {
+			if err := s.store.Cancel(context.Background(), g.res); err != nil {
+				s.log.Warn("giving a slot back failed", zap.Error(err))
+			}
+		}
+	}
+}
+
+func (s *Server) endProbes(gates []*gate) {
+	for _, g := range gates {
+		if g.res.Probe {
+			if err := s.store.EndProbe(context.Background(), g.res); err != nil {
+				s.log.Warn("ending a probe failed", zap.Error(err))
+			}
+		}
+	}
+}
+
+// inspect classifies the upstream's answer, teaches the store what it says
+// about the quota, and returns the verdict, the wait it names (bounded; the
+// upstream's default when it names none) and the bucket it reports.
+func (s *Server) inspect(x *exchange, resp *http.Response, sentAt time.Time, route string) (signals.Verdict, time.Duration, string) {
+	up := x.up
+	th := &up.throttle
+	var body []byte
+	if th.candidates[resp.StatusCode] || len(th.rules.BodyFields) > 0 && smallJSON(resp) {
+		body = peekBody(resp)
+	}
+	verdict := signals.Classify(th.rules, resp.StatusCode, resp.Header, body)
+	now := time.Now()
+	bucket := ""
+	if !up.learn.off && verdict.Kind != signals.KindOverload && verdict.Kind != signals.KindNotQuota {
+		bucket = s.observe(x, resp.Header, now, sentAt, route)
+	}
+	if !verdict.Throttle {
+		return verdict, 0, bucket
+	}
+	wait, _, ok := signals.Wait(resp.Header, body, now, th.bounds)
+	if !ok {
+		wait = th.defaultWait
+	}
+	return verdict, wait, bucket
+}
+
+// observe turns the quota windows in the headers into an Observation for
+// the credential's key, or the bucket's key when the upstream names one,
+// and returns that bucket.
+func (s *Server) observe(x *exchange, h http.Header, now, sentAt time.Time, route string) string {
+	windows := signals.Quota(h, now)
+	if len(windows) == 0 {
+		return ""
+	}
+	up := x.up
+	bucket := ""
+	o := quota.Observation{SentAt: sentAt, Remaining: -1, Replace: up.learn.replace}
+	best := math.MaxInt64
+	for _, w := range windows {
+		if w.Bucket != "" {
+			bucket = w.Bucket
+		}
+		if w.Refill {
+			continue // time to full, not a window: no budget, no limit
+		}
+		if w.Limit > 0 && w.Period > 0 && w.Limit <= quota.MaxLimitCount {
+			o.Limits = append(o.Limits, quota.Limit{Count: int(w.Limit), Window: w.Period + up.margin(w.Period)})
+			o.KeepFor = max(o.KeepFor, 2*w.Period, time.Minute)
+		}
+		if w.Remaining < 0 || w.Reset <= 0 {
+			continue
+		}
+		reserve := 0
+		if w.Limit > 0 {
+			reserve = int(math.Ceil(up.learn.threshold * float64(w.Limit)))
+		}
+		if left := int(w.Remaining) - reserve; left < best {
+			best = left
+			o.Remaining, o.Reserve, o.ResetIn = int(w.Remaining), reserve, w.Reset
+		}
+	}
+	key := x.id.key
+	if bucket != "" {
+		up.buckets.set(route, bucket)
+		key = x.id.key + "#" + bucket
+	}
+	if o.Remaining >= 0 || len(o.Limits) > 0 {
+		if err := s.store.Observe(context.Background(), key, o); err != nil {
+			s.log.Warn("recording the upstream's quota failed", zap.String("key", x.id.fingerprint), zap.Error(err))
+		}
+	}
+	return bucket
+}
+
+// smallJSON reports a JSON response of known length that fits in what
+// Classify reads: only those are read ahead on success statuses, so that
+// streaming responses are never held back.
+func smallJSON(resp *http.Response) bool {
+	if resp.ContentLength < 0 || resp.ContentLength > signals.MaxBody {
+		return false
+	}
+	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	return mt == "application/json" || len(mt) > 5 && mt[len(mt)-5:] == "+json"
+}
+
+// peekBody reads up to signals.MaxBody bytes of the body and puts them
+// back in front of the rest.
+func peekBody(resp *http.Response) []byte {
+	if resp.Body == nil || resp.Body == http.NoBody {
+		return nil
+	}
+	buf, err := io.ReadAll(io.LimitReader(resp.Body, signals.MaxBody))
+	rest := resp.Body
+	if err != nil && !errors.Is(err, io.EOF) {
+		rest = io.NopCloser(errReader{err})
+	}
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(buf), rest), resp.Body}
+	return buf
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// rewriteThrottle turns the upstream's throttle into the one answer
+// clients see: 429, Retry-After in whole seconds, the RateLimit headers,
+// the vendor's body kept and its status in a header.
+func rewriteThrottle(resp *http.Response, x *exchange, wait time.Duration) {
+	secs := ceilSeconds(wait)
+	h := resp.Header
+	h.Set("X-RateLimit-Proxy-Upstream-Status", strconv.Itoa(resp.StatusCode))
+	h.Set("Retry-After", itoa(secs))
+	if x.id.limits != nil && x.id.limits.policy != "" {
+		h.Set("RateLimit-Policy", x.id.limits.policy)
+	}
+	h.Set("RateLimit", `"upstream";r=0;t=`+itoa(secs))
+	resp.StatusCode = http.StatusTooManyRequests
+	resp.Status = "429 Too Many Requests"
+}
+
+// rateLimited is the proxy's own 429 for a request it will not hold.
+func (s *Server) rateLimited(x *exchange) *http.Response {
+	secs := ceilSeconds(x.res.Delay())
+	limit, _ := x.id.limits.shownFor(x.res.Binding)
+	h := http.Header{}
+	h.Set("Retry-After", itoa(secs))
+	msg := "quota of " + x.up.name + " exhausted for this key (" + limit.String() + "); retry after " + itoa(secs) + "s"
+	name := limit.String()
+	switch {
+	case x.res.QueueFull:
+		msg = "too many requests of this key are already waiting for " + x.up.name + " (max_queue); retry after " + itoa(secs) + "s"
+	case x.res.Held:
+		msg = x.up.name + " asked this key to slow down; retry after " + itoa(secs) + "s"
+		name = "upstream"
+	}
+	if x.id.limits.policy != "" {
+		h.Set("RateLimit-Policy", x.id.limits.policy)
+	}
+	if len(x.id.limits.shown) > 0 || x.res.Held {
+		h.Set("RateLimit", strconv.Quote(name)+";r=0;t="+itoa(secs))
+	}
+	return jsonResponse(http.StatusTooManyRequests, h, errorBody{Error: errorDetail{
+		Code: "RATE_LIMITED", Message: msg, RetryAfterSeconds: secs, Source: "proxy",
+	}})
+}
