@@ -127,8 +127,11 @@ func (s *Server) admit(ctx context.Context, x *exchange, gates []*gate) (*http.R
 	if !up.reject {
 		maxWait = max(up.maxWait-time.Since(x.start), 0)
 	}
+	// A scout makes the others wait one round trip: never in reject mode,
+	// where nothing waits.
+	scout := !up.learn.off && !up.reject
 	for i, g := range gates {
-		res, err := s.store.Reserve(ctx, quota.Request{Key: g.key, Limits: g.limits, MaxWait: maxWait, MaxQueue: up.maxQueue, Scout: !up.learn.off && i == 0})
+		res, err := s.store.Reserve(ctx, quota.Request{Key: g.key, Limits: g.limits, MaxWait: maxWait, MaxQueue: up.maxQueue, Scout: scout && i == 0})
 		if err != nil {
 			s.cancelGates(gates[:i])
 			return nil, errStore{err}

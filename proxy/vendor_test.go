@@ -344,3 +344,26 @@ func TestTransparentRetry(t *testing.T) {
 		t.Errorf("replayed body %q, want the original twice", last)
 	}
 }
+
+func TestRejectModeNeverScouts(t *testing.T) {
+	v := newVendor(t, "closient", 1000, 10*time.Second)
+	p := startProxy(t, vendorYAML(v, "closient", "limits: [100/1s]\nmode: reject\n"))
+	c := p.client()
+	var wg sync.WaitGroup
+	codes := make(chan int, 10)
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, _, _ := get(t, c, "http://api.test/x", "fresh-key")
+			codes <- code
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	for code := range codes {
+		if code != 200 {
+			t.Fatalf("concurrent first requests of a new key in reject mode: got %d, want 200 (no scout wait)", code)
+		}
+	}
+}
