@@ -367,3 +367,61 @@ func TestRejectModeNeverScouts(t *testing.T) {
 		}
 	}
 }
+
+// TestLearnedQuotaIsKeptPerBucket: a GitHub-like upstream reports the
+// search resource exhausted; search requests of the key are held while its
+// core requests still go.
+func TestLearnedQuotaIsKeptPerBucket(t *testing.T) {
+	var searches atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-RateLimit-Limit", "10") // 5% of it, rounded up, is kept unused
+		h.Set("X-RateLimit-Reset", strconv.FormatInt(time.Now().Add(60*time.Second).Unix(), 10))
+		if strings.HasPrefix(r.URL.Path, "/search") {
+			n := searches.Add(1)
+			h.Set("X-RateLimit-Resource", "search")
+			h.Set("X-RateLimit-Remaining", strconv.Itoa(max(int(3-n), 0)))
+		} else {
+			h.Set("X-RateLimit-Resource", "core")
+			h.Set("X-RateLimit-Limit", "5000")
+			h.Set("X-RateLimit-Remaining", "4990")
+		}
+		io.WriteString(w, "ok")
+	}))
+	defer up.Close()
+	p := startProxy(t, fmt.Sprintf(`upstreams:
+  - profile: github
+    hosts: [api.test]
+    connect_to: %s
+    mode: reject
+`, up.Listener.Addr()))
+	c := p.client()
+	auth := func(path string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, "http://api.test"+path, nil)
+		req.Header.Set("Authorization", "Bearer ghp_x")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for i := range 2 {
+		if code, body := auth("/search/code"); code != 200 {
+			t.Fatalf("search %d: %d %s", i, code, body)
+		}
+	}
+	code, body := auth("/search/code")
+	if code != http.StatusTooManyRequests || !strings.Contains(body, `"source":"proxy"`) {
+		t.Fatalf("search with its resource exhausted: %d %s, want the proxy's 429", code, body)
+	}
+	if n := searches.Load(); n != 2 {
+		t.Errorf("upstream saw %d searches, want 2", n)
+	}
+	for i := range 3 {
+		if code, body := auth("/repos/a/b"); code != 200 {
+			t.Fatalf("core request %d while search is held: %d %s", i, code, body)
+		}
+	}
+}
