@@ -122,7 +122,8 @@ type Upstream struct {
 
 // Throttle configures how upstream throttles are recognised and handled.
 type Throttle struct {
-	// Rules recognise a throttle. Default: signals.DefaultRules().
+	// Rules recognise a throttle. Default: signals.DefaultRules() without
+	// its body_fields (the clarifai and shopify profiles name theirs).
 	Rules *signals.Rules `yaml:"rules"`
 	// Rewrite turns a recognised throttle into HTTP 429 with Retry-After
 	// for the client. Default true.
@@ -361,7 +362,11 @@ func (c *Config) fillDefaults() {
 		}
 		th := &u.Throttle
 		if th.Rules == nil {
+			// The library defaults, less the body fields of particular
+			// vendors (Clarifai, Shopify GraphQL): those make every success
+			// body worth reading, so only their profiles name them.
 			r := signals.DefaultRules()
+			r.BodyFields = nil
 			th.Rules = &r
 		}
 		th.Rewrite = orTrue(th.Rewrite)

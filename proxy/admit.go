@@ -6,10 +6,10 @@ import (
 	"errors"
 	"io"
 	"math"
-	"mime"
 	"net/http"
 	"net/http/httptrace"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -49,9 +49,18 @@ func (t upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	route := req.Method + " " + req.URL.Path
 	for attempt := 1; ; attempt++ {
 		x.attempts = attempt
-		gates := []*gate{{key: x.id.key, limits: x.id.limits.enforced}}
+		// The first attempt uses the exchange's own gates; a retry gets
+		// fresh ones, as a late callback of the previous attempt may still
+		// settle its own.
+		g := &x.gates
+		if attempt > 1 {
+			g = new([2]gate)
+		}
+		g[0] = gate{key: x.id.key, limits: x.id.limits.enforced}
+		gates := []*gate{&g[0], &g[1]}[:1]
 		if b := up.buckets.get(route); b != "" {
-			gates = append(gates, &gate{key: x.id.key + "#" + b})
+			g[1] = gate{key: x.id.key + "#" + b}
+			gates = gates[:2]
 		}
 		if local, err := s.admit(req.Context(), x, gates); local != nil || err != nil {
 			if local != nil {
@@ -316,8 +325,10 @@ func smallJSON(resp *http.Response) bool {
 	if resp.ContentLength < 0 || resp.ContentLength > signals.MaxBody {
 		return false
 	}
-	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	return mt == "application/json" || len(mt) > 5 && mt[len(mt)-5:] == "+json"
+	ct := resp.Header.Get("Content-Type")
+	mt, _, _ := strings.Cut(ct, ";")
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	return mt == "application/json" || strings.HasSuffix(mt, "+json")
 }
 
 // peekBody reads up to signals.MaxBody bytes of the body and puts them

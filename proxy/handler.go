@@ -42,6 +42,8 @@ type exchange struct {
 	throttle string // the rule that recognised the last upstream throttle
 	status   int
 	err      string
+
+	gates [2]gate // the gates of the first attempt, kept here to spare allocations
 }
 
 type exchangeKey struct{}

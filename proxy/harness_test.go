@@ -203,7 +203,10 @@ type running struct {
 
 // startProxy loads yamlText (data_dir and upstream_roots are filled in),
 // starts the proxy on a loopback port and stops it when the test ends.
-func startProxy(t *testing.T, yamlText string) *running {
+func startProxy(t *testing.T, yamlText string) *running { return startProxyB(t, yamlText) }
+
+// startProxyB is startProxy for tests and benchmarks.
+func startProxyB(t testing.TB, yamlText string) *running {
 	t.Helper()
 	dir := t.TempDir()
 	full := fmt.Sprintf("data_dir: %s\nupstream_roots: [%s]\n%s", dir, getPKI(t).caFile, yamlText)
@@ -212,7 +215,11 @@ func startProxy(t *testing.T, yamlText string) *running {
 		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
-	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), logs, zapcore.DebugLevel))
+	level := zapcore.DebugLevel // everything, so tests can grep it; a config may ask for less
+	if strings.Contains(yamlText, "log: {level: warn}") {
+		level = zapcore.WarnLevel
+	}
+	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), logs, level))
 	srv, err := proxy.New(cfg, log, quota.NewMemoryStore(nil))
 	if err != nil {
 		t.Fatal(err)
