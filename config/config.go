@@ -320,6 +320,17 @@ func Parse(name string, data []byte) (*Config, error) {
 		return nil, err
 	}
 	cfg.fillDefaults()
+	for i, u := range cfg.Upstreams {
+		th := u.Throttle
+		p := fmt.Sprintf("upstreams[%d].throttle", i)
+		at := func(f string) *yaml.Node { return d.node(root, p+"."+f) }
+		if th.MinWait > th.MaxWait {
+			return nil, d.errorf(at("min_wait"), "%s.min_wait: %v is above max_wait %v", p, time.Duration(th.MinWait), time.Duration(th.MaxWait))
+		}
+		if th.DefaultWait < th.MinWait || th.DefaultWait > th.MaxWait {
+			return nil, d.errorf(at("default_wait"), "%s.default_wait: %v is outside min_wait %v .. max_wait %v", p, time.Duration(th.DefaultWait), time.Duration(th.MinWait), time.Duration(th.MaxWait))
+		}
+	}
 	return &cfg, nil
 }
 
@@ -357,7 +368,9 @@ func (c *Config) fillDefaults() {
 		if u.MaxQueue == 0 {
 			u.MaxQueue = 1000
 		}
-		if u.Anonymous == nil {
+		if u.Anonymous == nil || u.Anonymous.Limits == nil {
+			// "anonymous: {limits: []}" asks for no limit; absent or
+			// empty means the upstream's limits.
 			u.Anonymous = &Anonymous{Limits: u.Limits}
 		}
 		th := &u.Throttle
@@ -390,7 +403,11 @@ func (c *Config) fillDefaults() {
 			u.Learn.Threshold = &v
 		}
 		for j := range u.Hosts {
-			u.Hosts[j] = strings.ToLower(u.Hosts[j])
+			h := strings.ToLower(u.Hosts[j])
+			if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+				h = h[1 : len(h)-1] // "[::1]" is the host ::1, as requests name it
+			}
+			u.Hosts[j] = h
 		}
 		for j := range u.Overrides {
 			u.Overrides[j].Fingerprint = strings.ToLower(u.Overrides[j].Fingerprint)
@@ -518,8 +535,9 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 			hosts[key] = fmt.Sprintf("%s (%s)", hp, u.Name)
 		}
 		if u.ConnectTo != "" {
-			if _, port, err := net.SplitHostPort(u.ConnectTo); err != nil || port == "" {
-				return fail(p+".connect_to", "%q: want host:port", u.ConnectTo)
+			_, port, err := net.SplitHostPort(u.ConnectTo)
+			if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 {
+				return fail(p+".connect_to", "%q: want host:port with a port from 1 to 65535", u.ConnectTo)
 			}
 		}
 		for j, r := range u.Identity {
@@ -536,7 +554,7 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 			if set != 1 {
 				return fail(rp, "set exactly one of header, authorization, query, source_ip")
 			}
-			for _, f := range []struct{ name, v string }{{"header", r.Header}, {"authorization", r.Authorization}} {
+			for _, f := range []struct{ name, v string }{{"header", r.Header}, {"authorization", r.Authorization}, {"query", r.Query}} {
 				if f.v != "" && !tokenRE.MatchString(f.v) {
 					return fail(rp+"."+f.name, "%q is not a valid HTTP token", f.v)
 				}
@@ -551,9 +569,6 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 			return fail(p+".mode", "%q: want queue or reject", u.Mode)
 		}
 		th := u.Throttle
-		if th.MinWait != 0 && th.MaxWait != 0 && th.MinWait > th.MaxWait {
-			return fail(p+".throttle.min_wait", "min_wait %v is above max_wait %v", time.Duration(th.MinWait), time.Duration(th.MaxWait))
-		}
 		for j, m := range th.Retry.Methods {
 			if !tokenRE.MatchString(m) || strings.ToUpper(m) != m {
 				return fail(fmt.Sprintf("%s.throttle.retry.methods[%d]", p, j), "%q: want an upper-case HTTP method", m)

@@ -217,6 +217,10 @@ func TestThrottleAndLearnDefaultsAndChecks(t *testing.T) {
 	}
 	for _, tt := range []struct{ yaml, want string }{
 		{"    throttle: {min_wait: 10s, max_wait: 1s}\n", "upstreams[0].throttle.min_wait"},
+		{"    throttle: {min_wait: 2h}\n", "upstreams[0].throttle.min_wait"},
+		{"    throttle: {default_wait: 2h}\n", "upstreams[0].throttle.default_wait"},
+		{"    connect_to: x:abc\n", "upstreams[0].connect_to"},
+		{"    identity: [{query: a b}]\n", "upstreams[0].identity[0].query"},
 		{"    throttle: {retry: {methods: [get]}}\n", "upstreams[0].throttle.retry.methods[0]"},
 		{"    learn: {mode: guess}\n", "upstreams[0].learn.mode"},
 		{"    learn: {threshold: 1.5}\n", "upstreams[0].learn.threshold"},
@@ -225,6 +229,26 @@ func TestThrottleAndLearnDefaultsAndChecks(t *testing.T) {
 		_, err := Parse("p.yaml", []byte("upstreams:\n  - name: a\n    hosts: [a]\n"+tt.yaml))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%q: error %v, want one naming %s", tt.yaml, err, tt.want)
+		}
+	}
+}
+
+func TestAnonymousLimitsDefaultToTheUpstreamsUnlessEmptyOnPurpose(t *testing.T) {
+	for _, tt := range []struct {
+		yaml string
+		want int
+	}{
+		{"", 1}, {"    anonymous: {}\n", 1}, {"    anonymous: {limits: }\n", 1}, {"    anonymous: {limits: []}\n", 0},
+	} {
+		cfg, err := Parse("a.yaml", []byte("upstreams:\n  - name: a\n    hosts: [a, \"[::1]\"]\n    limits: [5/1s]\n"+tt.yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := len(cfg.Upstreams[0].Anonymous.Limits); got != tt.want {
+			t.Errorf("%q: %d anonymous limits, want %d", tt.yaml, got, tt.want)
+		}
+		if cfg.Upstreams[0].Hosts[1] != "::1" {
+			t.Errorf("IPv6 host stored as %q, want ::1", cfg.Upstreams[0].Hosts[1])
 		}
 	}
 }

@@ -46,7 +46,10 @@ func (t upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	}
 	up := x.up
 	replay := prepareReplay(req, up)
-	route := req.Method + " " + req.URL.Path
+	route := ""
+	if up.buckets.used() {
+		route = req.Method + " " + req.URL.Path
+	}
 	for attempt := 1; ; attempt++ {
 		x.attempts = attempt
 		// The first attempt uses the exchange's own gates; a retry gets
@@ -58,7 +61,7 @@ func (t upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		}
 		g[0] = gate{key: x.id.key, limits: x.id.limits.enforced}
 		gates := []*gate{&g[0], &g[1]}[:1]
-		if b := up.buckets.get(route); b != "" {
+		if b := up.buckets.get(route); route != "" && b != "" {
 			g[1] = gate{key: x.id.key + "#" + b}
 			gates = gates[:2]
 		}
@@ -70,7 +73,7 @@ func (t upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		}
 		sentAt, resp, err := s.send(req, gates)
 		if err != nil {
-			s.endProbes(gates)
+			s.abandonProbes(gates) // no answer: another request probes
 			return nil, err
 		}
 		verdict, wait, bucket := s.inspect(x, resp, sentAt, route)
@@ -85,6 +88,15 @@ func (t upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		}
 		if err := s.store.Hold(context.Background(), holdKey, wait); err != nil {
 			s.log.Warn("holding a key failed", zap.String("key", x.id.fingerprint), zap.Error(err))
+		}
+		for _, g := range gates {
+			if g.key != holdKey && g.res.Probe {
+				// This gate's probe got its answer: the throttle was the
+				// other gate's.
+				if err := s.store.EndProbe(context.Background(), g.res); err != nil {
+					s.log.Warn("ending a probe failed", zap.Error(err))
+				}
+			}
 		}
 		if replay != nil && attempt < up.throttle.maxAttempts && !up.reject && time.Since(x.start)+wait <= up.maxWait {
 			io.Copy(io.Discard, io.LimitReader(resp.Body, signals.MaxBody))
@@ -103,8 +115,8 @@ func (t upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 // for each retry, or nil when the request must not be retried.
 func prepareReplay(req *http.Request, up *upstream) func() io.ReadCloser {
 	th := up.throttle
-	if !th.retry || th.maxAttempts < 2 {
-		return nil
+	if !th.retry || th.maxAttempts < 2 || up.reject {
+		return nil // reject mode never waits, so never retries
 	}
 	if !th.anyMethod && !th.methods[req.Method] && !(th.idemKey && req.Header.Get("Idempotency-Key") != "") {
 		return nil
@@ -123,8 +135,10 @@ func prepareReplay(req *http.Request, up *upstream) func() io.ReadCloser {
 		return nil
 	}
 	req.Body.Close()
-	req.Body = io.NopCloser(bytes.NewReader(buf))
-	return func() io.ReadCloser { return io.NopCloser(bytes.NewReader(buf)) }
+	replay := func() io.ReadCloser { return io.NopCloser(bytes.NewReader(buf)) }
+	req.Body = replay()
+	req.GetBody = func() (io.ReadCloser, error) { return replay(), nil }
+	return replay
 }
 
 // admit reserves a slot at every gate and waits for it. It returns a local
@@ -168,6 +182,19 @@ func (s *Server) admit(ctx context.Context, x *exchange, gates []*gate) (*http.R
 			x.res = gates[0].res
 			return nil, nil
 		}
+		if !up.reject && time.Since(x.start)+wait > up.maxWait {
+			// The store moved the slot (a hold, a probe, a late send)
+			// beyond what the request may wait: answer now.
+			s.cancelGates(gates)
+			for _, g := range gates {
+				if g.res.Delay() == wait {
+					x.res = g.res
+				}
+			}
+			x.res.OK = false
+			x.decision = decisionRejected
+			return s.rateLimited(x), nil
+		}
 		// Queued: wait for the slot, then let the store check it again
 		// against what it learned meanwhile (earlier requests that left
 		// later than booked, holds); it may name a later slot.
@@ -200,10 +227,10 @@ func (s *Server) admit(ctx context.Context, x *exchange, gates []*gate) (*http.R
 // was written, so that later requests are timed from when this one really
 // left. A request that provably never left gives its slots back.
 func (s *Server) send(req *http.Request, gates []*gate) (time.Time, *http.Response, error) {
-	var sentAt atomic.Int64
+	var sentAt atomic.Pointer[time.Time] // keeps the monotonic reading
 	settle := func() {
 		now := time.Now()
-		sentAt.CompareAndSwap(0, now.UnixNano())
+		sentAt.CompareAndSwap(nil, &now)
 		for _, g := range gates {
 			if g.done.CompareAndSwap(false, true) {
 				if err := s.store.Settle(context.Background(), g.res, now); err != nil {
@@ -221,7 +248,10 @@ func (s *Server) send(req *http.Request, gates []*gate) (time.Time, *http.Respon
 	} else {
 		settle() // written, or perhaps partly: now is a safe upper bound
 	}
-	return time.Unix(0, sentAt.Load()), resp, err
+	if at := sentAt.Load(); at != nil {
+		return *at, resp, err
+	}
+	return time.Now(), resp, err
 }
 
 func (s *Server) cancelGates(gates []*gate) {
@@ -229,6 +259,18 @@ func (s *Server) cancelGates(gates []*gate) {
 		if g.res.OK && g.done.CompareAndSwap(false, true) {
 			if err := s.store.Cancel(context.Background(), g.res); err != nil {
 				s.log.Warn("giving a slot back failed", zap.Error(err))
+			}
+		}
+	}
+}
+
+// abandonProbes restarts the probes of gates whose request got no answer:
+// the key stays closed and another request probes.
+func (s *Server) abandonProbes(gates []*gate) {
+	for _, g := range gates {
+		if g.res.Probe {
+			if err := s.store.Hold(context.Background(), g.key, 0); err != nil {
+				s.log.Warn("restarting a probe failed", zap.Error(err))
 			}
 		}
 	}
@@ -258,6 +300,9 @@ func (s *Server) inspect(x *exchange, resp *http.Response, sentAt time.Time, rou
 	now := time.Now()
 	bucket := ""
 	if !up.learn.off && verdict.Kind != signals.KindOverload && verdict.Kind != signals.KindNotQuota {
+		if route == "" && resp.Request != nil {
+			route = resp.Request.Method + " " + resp.Request.URL.Path
+		}
 		bucket = s.observe(x, resp.Header, now, sentAt, route)
 	}
 	if !verdict.Throttle {

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -86,8 +88,14 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 // been idle for the configured time. Tunnels are tracked, so Shutdown can
 // close them.
 func (s *Server) tunnel(client, upstream net.Conn) {
-	s.tunnels.Add(1)
 	s.tunnelMu.Lock()
+	if s.closing {
+		s.tunnelMu.Unlock()
+		client.Close()
+		upstream.Close()
+		return
+	}
+	s.tunnels.Add(1)
 	s.tunnelConns[client] = struct{}{}
 	s.tunnelConns[upstream] = struct{}{}
 	s.tunnelMu.Unlock()
@@ -96,6 +104,9 @@ func (s *Server) tunnel(client, upstream net.Conn) {
 		idle := time.Duration(s.timeouts.TunnelIdle)
 		var once sync.Once
 		closeBoth := func() { once.Do(func() { client.Close(); upstream.Close() }) }
+		// Idle means no traffic either way: a one-way stream stays open.
+		var lastActive atomic.Int64
+		lastActive.Store(time.Now().UnixNano())
 		var wg sync.WaitGroup
 		wg.Add(2)
 		pipe := func(dst, src net.Conn) {
@@ -105,12 +116,17 @@ func (s *Server) tunnel(client, upstream net.Conn) {
 				src.SetReadDeadline(time.Now().Add(idle))
 				n, err := src.Read(buf)
 				if n > 0 {
+					lastActive.Store(time.Now().UnixNano())
 					dst.SetWriteDeadline(time.Now().Add(idle))
 					if _, werr := dst.Write(buf[:n]); werr != nil {
 						break
 					}
 				}
 				if err != nil {
+					var ne net.Error
+					if errors.As(err, &ne) && ne.Timeout() && time.Since(time.Unix(0, lastActive.Load())) < idle {
+						continue // the other direction is busy
+					}
 					break
 				}
 			}

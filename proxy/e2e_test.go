@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -477,5 +478,44 @@ func TestShutdownWaitsForQueuedRequests(t *testing.T) {
 	}
 	if code := <-done; code != 200 {
 		t.Fatalf("queued request during shutdown: %d, want 200", code)
+	}
+}
+
+// TestTunnelIdleCountsBothDirections: a tunnel carrying a one-way stream is
+// not idle, however quiet the other direction.
+func TestTunnelIdleCountsBothDirections(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for i := range 20 { // one byte every 50ms for a second
+			c.Write([]byte{byte('a' + i)})
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	rec := newRecorder(t, false)
+	p := startProxy(t, "timeouts: {tunnel_idle: 200ms}\n"+upstreamYAML(rec, ""))
+	conn, err := net.Dial("tcp", p.url.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", ln.Addr(), ln.Addr())
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, _ := io.ReadAll(br)
+	if len(got) != 20 {
+		t.Fatalf("one-way stream through the tunnel: got %d of 20 bytes (%q)", len(got), got)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/config"
@@ -285,7 +286,10 @@ type bucketMap struct {
 	mu     sync.RWMutex
 	routes map[string]string
 	max    int
+	any    atomic.Bool // a bucket was ever named: until then, skip lookups
 }
+
+func (b *bucketMap) used() bool { return b.any.Load() }
 
 func newBucketMap(max int) *bucketMap {
 	return &bucketMap{routes: map[string]string{}, max: max}
@@ -298,6 +302,7 @@ func (b *bucketMap) get(route string) string {
 }
 
 func (b *bucketMap) set(route, bucket string) {
+	b.any.Store(true)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.routes[route] == bucket {

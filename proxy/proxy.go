@@ -50,6 +50,7 @@ type Server struct {
 	tunnels     sync.WaitGroup // untouched CONNECT tunnels in flight
 	tunnelMu    sync.Mutex
 	tunnelConns map[net.Conn]struct{}
+	closing     bool // no new tunnels
 }
 
 // New builds a Server from a loaded configuration. It loads or creates the
@@ -142,7 +143,12 @@ func (s *Server) Serve(ln net.Listener) error { return s.outer.Serve(ln) }
 // ones included) finish until ctx is done, then closes what remains,
 // tunnels included.
 func (s *Server) Shutdown(ctx context.Context) error {
-	err := errors.Join(s.outer.Shutdown(ctx), s.inner.Shutdown(ctx))
+	innerErr := make(chan error, 1)
+	go func() { innerErr <- s.inner.Shutdown(ctx) }()
+	err := errors.Join(s.outer.Shutdown(ctx), <-innerErr)
+	s.tunnelMu.Lock()
+	s.closing = true
+	s.tunnelMu.Unlock()
 	s.innerLn.Close()
 	<-s.innerDone
 	waited := make(chan struct{})

@@ -425,3 +425,39 @@ func TestLearnedQuotaIsKeptPerBucket(t *testing.T) {
 		}
 	}
 }
+
+// Review finding: a queued request whose slot a hold moves beyond max_wait
+// is answered at once, not held for the hour the vendor asked for.
+func TestQueuedRequestHeldBeyondMaxWaitIsAnsweredAtOnce(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(300 * time.Millisecond)
+		w.Header().Set("Retry-After", "3600")
+		w.WriteHeader(http.StatusTooManyRequests)
+	}))
+	defer up.Close()
+	p := startProxy(t, fmt.Sprintf(`upstreams:
+  - name: api
+    hosts: [api.test]
+    connect_to: %s
+    identity: [{header: apikey}]
+    limits: [1/1s]
+    window_margin: 10ms
+    max_wait: 3s
+    learn: {mode: off}
+`, up.Listener.Addr()))
+	c := p.client()
+	first := make(chan int, 1)
+	go func() { code, _, _ := get(t, c, "http://api.test/a", "k"); first <- code }()
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	code, body, h := get(t, c, "http://api.test/b", "k") // queued for ~1s, then held for an hour
+	if took := time.Since(start); code != http.StatusTooManyRequests || took > 2*time.Second {
+		t.Fatalf("queued request under a 1h hold: %d after %v (%s), want 429 within 2s", code, took, body)
+	}
+	if ra, _ := strconv.Atoi(h.Get("Retry-After")); ra < 3500 {
+		t.Errorf("Retry-After %q, want about an hour", h.Get("Retry-After"))
+	}
+	if code := <-first; code != http.StatusTooManyRequests {
+		t.Errorf("the throttled request itself: %d, want 429", code)
+	}
+}

@@ -172,7 +172,9 @@ func (s *MemoryStore) Reserve(_ context.Context, req Request) (Reservation, erro
 	for _, l := range limits {
 		maxWindow = max(maxWindow, int64(l.Window))
 	}
-	kl.maxWindow = maxWindow
+	// Keys matched by rules with different limits share a log: keep what
+	// the longest window needs.
+	kl.maxWindow = max(kl.maxWindow, maxWindow)
 	kl.prune(t)
 
 	res := Reservation{Now: now, At: now, key: req.Key, limits: req.Limits, scout: req.Scout, slot: noSlot}
@@ -192,6 +194,15 @@ func (s *MemoryStore) Reserve(_ context.Context, req Request) (Reservation, erro
 		slot = max(slot, free)
 		if free > bindingAt || free == bindingAt && l.Window > res.Binding.Window {
 			bindingAt, res.Binding = free, l
+		}
+	}
+	if slot == t {
+		// Leaving now: requests released but not yet written count as sent
+		// now, not at their booked time.
+		for _, l := range limits {
+			if nth, ok := kl.nthLatest(l.Count, t, t, 0); ok && nth+int64(l.Window) > slot {
+				slot, res.Binding = nth+int64(l.Window), l
+			}
 		}
 	}
 	sh.nextID++
@@ -245,8 +256,12 @@ func (s *MemoryStore) Release(_ context.Context, r Reservation) (Reservation, er
 	self := kl.entries[i]
 	cand := max(t, self.at)
 	limits := kl.limits(r.limits, t)
+	r.Held = false
 	for range len(kl.entries) + 1 { // each round only moves cand later
-		next := max(cand, kl.gate(t, self.id, r.scout))
+		next := cand
+		if g := kl.gate(t, self.id, r.scout); g > next {
+			next, r.Held = g, true
+		}
 		for _, l := range limits {
 			if nth, ok := kl.nthLatest(l.Count, cand, t, self.id); ok {
 				next = max(next, nth+int64(l.Window))
@@ -388,9 +403,15 @@ func (s *MemoryStore) Observe(_ context.Context, key string, o Observation) erro
 	// counted the ones this store released after it.
 	sent := int64(o.SentAt.Sub(s.epoch))
 	after := 0
-	for _, e := range kl.entries {
-		if e.state != pending && e.at > sent {
+	es := kl.entries
+	for i := sort.Search(len(es), func(i int) bool { return es[i].at > sent }); i < len(es); i++ {
+		if es[i].state == settled {
 			after++
+		}
+	}
+	for _, e := range es {
+		if e.state == released {
+			after++ // on its way: the upstream has not counted it yet
 		}
 	}
 	budget := o.Remaining - after - o.Reserve
@@ -458,7 +479,13 @@ func (kl *keyLog) move(i int, at int64) {
 // after the one that got the report.
 const budgetRetention = int64(10 * time.Second)
 
-// prune drops the entries that no window reaching t can contain.
+// staleUnsettled is how long past its window an entry that was never
+// settled is kept: a caller must settle or cancel every reservation, and
+// this only bounds the damage when one does not.
+const staleUnsettled = int64(10 * time.Minute)
+
+// prune drops the settled entries that no window reaching t can contain.
+// Entries not yet settled stay: they count as sent now.
 func (kl *keyLog) prune(t int64) {
 	keep := kl.maxWindow
 	if t < kl.budgetUntil {
@@ -469,21 +496,35 @@ func (kl *keyLog) prune(t int64) {
 	for i < len(kl.entries) && kl.entries[i].at <= cut {
 		i++
 	}
-	switch {
-	case i == 0:
-	case i == len(kl.entries):
-		kl.entries = kl.entries[:0]
-	default:
-		kl.entries = kl.entries[i:]
+	if i == 0 {
+		return
 	}
+	kept := kl.entries[:0]
+	for _, e := range kl.entries[:i] {
+		if e.state != settled && e.at > cut-staleUnsettled {
+			kept = append(kept, e)
+		}
+	}
+	if len(kept) == 0 {
+		if i == len(kl.entries) {
+			kl.entries = kl.entries[:0]
+		} else {
+			kl.entries = kl.entries[i:]
+		}
+		return
+	}
+	kl.entries = append(kept, kl.entries[i:]...)
 }
 
 // sweep forgets keys whose latest entry has left their longest window.
 func (sh *shard) sweep(t int64) {
 	for k, kl := range sh.keys {
-		n := len(kl.entries)
-		idle := n == 0 || kl.entries[n-1].at <= t-kl.maxWindow
-		if idle && t >= kl.holdUntil && !kl.probing && t >= kl.budgetUntil && t >= kl.learnedUntil {
+		kl.prune(t)
+		// A key still probing long after its hold, with nothing in
+		// flight, sent nothing since: forget it (it starts again as a new
+		// key does, with a scout).
+		probeLive := kl.probing && t < kl.holdUntil+int64(ProbeTimeout)
+		if len(kl.entries) == 0 && t >= kl.holdUntil && !probeLive && t >= kl.budgetUntil && t >= kl.learnedUntil {
 			delete(sh.keys, k)
 		}
 	}

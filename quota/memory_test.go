@@ -49,7 +49,21 @@ func mustLimits(t testing.TB, specs ...string) []Limit {
 	return ls
 }
 
+// reserve books a slot; a request admitted at once is sent (settled) at
+// once, as the proxy does.
 func reserve(t testing.TB, s Store, req Request) Reservation {
+	t.Helper()
+	r := book(t, s, req)
+	if r.OK && r.Delay() == 0 {
+		if err := s.Settle(context.Background(), r, r.Now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r
+}
+
+// book books a slot and leaves it unsettled.
+func book(t testing.TB, s Store, req Request) Reservation {
 	t.Helper()
 	r, err := s.Reserve(context.Background(), req)
 	if err != nil {
@@ -559,8 +573,8 @@ func TestReleaseWaitsForALateSendTime(t *testing.T) {
 	s := NewMemoryStore(clock)
 	req := Request{Key: "k", Limits: mustLimits(t, "1/1s"), MaxWait: time.Hour, MaxQueue: 10}
 	start := clock.Now()
-	a := reserve(t, s, req)
-	b := reserve(t, s, req)
+	a := book(t, s, req)
+	b := book(t, s, req)
 	if b.At.Sub(start) != time.Second {
 		t.Fatalf("b booked at +%v, want +1s", b.At.Sub(start))
 	}
@@ -588,7 +602,7 @@ func TestUnsettledRequestCountsAsSentNow(t *testing.T) {
 	s := NewMemoryStore(clock)
 	req := Request{Key: "k", Limits: mustLimits(t, "1/1s"), MaxWait: time.Hour, MaxQueue: 10}
 	start := clock.Now()
-	a := reserve(t, s, req) // released at 0, never settled yet
+	a := book(t, s, req) // released at 0, never settled yet
 	b := reserve(t, s, req)
 	clock.Set(b.At) // +1s: a may still be on its way
 	b, _ = s.Release(context.Background(), b)
@@ -658,7 +672,7 @@ func TestSimulatedClientsNeverExceedOnSendTimes(t *testing.T) {
 				})
 			}
 			request = func() {
-				r := reserve(t, s, req)
+				r := book(t, s, req)
 				if !r.OK {
 					t.Fatal("refused under generous bounds")
 				}
@@ -731,5 +745,49 @@ func TestScoutGoesAloneUntilTheUpstreamHasSpoken(t *testing.T) {
 		if r := reserve(t, s, n); r.Delay() != 0 || r.Probe {
 			t.Fatalf("request %d of a quiet key after its scout: delay %v probe %v", i, r.Delay(), r.Probe)
 		}
+	}
+}
+
+// Review finding: a request released but still being written must count as
+// sent now for a request that would leave at once, and must not be pruned.
+func TestInFlightRequestBlocksImmediateAdmissionAndIsNotPruned(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	req := Request{Key: "k", Limits: mustLimits(t, "1/1s")}
+	a := book(t, s, req) // released at 0, its TLS handshake is slow
+	clock.Advance(time.Second)
+	if b := book(t, s, req); b.OK {
+		t.Fatal("b admitted at +1s while a, released at 0, was still on its way")
+	}
+	clock.Advance(time.Second) // +2s: a's slot is older than the window
+	if b := book(t, s, req); b.OK {
+		t.Fatal("b admitted at +2s: a's unsettled entry was pruned")
+	}
+	s.Settle(ctx, a, clock.Now()) // a written at +2s
+	clock.Advance(999 * time.Millisecond)
+	if b := book(t, s, req); b.OK {
+		t.Fatal("b admitted within a second of a's real send time")
+	}
+	clock.Advance(time.Millisecond)
+	if b := book(t, s, req); !b.OK {
+		t.Fatal("b refused a full second after a was sent")
+	}
+}
+
+// Review finding: keys held but never used again must be forgotten.
+func TestHeldKeysThatNeverProbeAreForgotten(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	for i := range 100 {
+		s.Hold(ctx, fmt.Sprint("held-", i), time.Second)
+	}
+	clock.Advance(time.Second + ProbeTimeout + sweepEvery)
+	for i := range 1000 {
+		reserve(t, s, Request{Key: fmt.Sprint("other-", i), Limits: mustLimits(t, "1/1s")})
+	}
+	if n := s.Keys(); n != 1000 {
+		t.Fatalf("Keys() = %d, want 1000: held keys that never probed were kept", n)
 	}
 }
