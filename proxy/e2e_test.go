@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -517,5 +518,52 @@ func TestTunnelIdleCountsBothDirections(t *testing.T) {
 	got, _ := io.ReadAll(br)
 	if len(got) != 20 {
 		t.Fatalf("one-way stream through the tunnel: got %d of 20 bytes (%q)", len(got), got)
+	}
+}
+
+// TestStreamedResponsesAreNotHeldBack: server-sent events (LLM APIs stream
+// tokens this way) reach the client as they are written, through plain and
+// intercepted connections.
+func TestStreamedResponsesAreNotHeldBack(t *testing.T) {
+	for _, sc := range schemes {
+		t.Run(sc.name, func(t *testing.T) {
+			release := make(chan struct{})
+			up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "text/event-stream")
+				io.WriteString(w, "data: first\n\n")
+				w.(http.Flusher).Flush()
+				<-release
+				io.WriteString(w, "data: second\n\n")
+			}))
+			if sc.tls {
+				up.TLS = &tls.Config{Certificates: []tls.Certificate{getPKI(t).server}}
+				up.StartTLS()
+			} else {
+				up.Start()
+			}
+			defer up.Close()
+			defer close(release)
+			p := startProxy(t, fmt.Sprintf("upstreams:\n  - profile: openai\n    hosts: [api.test]\n    connect_to: %s\n", up.Listener.Addr()))
+			req, _ := http.NewRequest(http.MethodPost, sc.prefix+"/v1/chat/completions", strings.NewReader(`{"stream":true}`))
+			req.Header.Set("Authorization", "Bearer sk-test")
+			resp, err := p.client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			line := make(chan string, 1)
+			go func() {
+				l, _ := bufio.NewReader(resp.Body).ReadString('\n')
+				line <- l
+			}()
+			select {
+			case l := <-line:
+				if l != "data: first\n" {
+					t.Fatalf("first event %q", l)
+				}
+			case <-time.After(3 * time.Second):
+				t.Fatal("the first event did not arrive while the stream was open: the proxy buffered it")
+			}
+		})
 	}
 }
