@@ -2,12 +2,14 @@
 GO ?= go
 FUZZTIME ?= 5s
 
-.PHONY: test deps vet fuzz-smoke build bench clean
+.PHONY: test deps vet fuzz-smoke bench-smoke build bench clean
 
-## test: install what the tests need, then format check, vet, race tests, fuzz smoke
+## test: install what the tests need, then format check, vet, race tests,
+## fuzz smoke and a smoke pass of the benchmark suite (nothing there fails on speed)
 test: deps vet
 	$(GO) test -race -count=1 ./...
 	$(MAKE) fuzz-smoke
+	$(MAKE) bench-smoke
 
 ## deps: curl is used by the end-to-end tests (installed with apt when missing)
 deps:
@@ -33,7 +35,11 @@ fuzz-smoke:
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ratelimit-proxy ./cmd/ratelimit-proxy
 
-## bench: the benchmark suite; writes bench/BENCHMARKS.md
+## bench-smoke: a tiny version of every benchmark row (installs the peers with apt when missing)
+bench-smoke:
+	SMOKE=1 bash bench/run.sh
+
+## bench: the benchmark suite; writes BENCHMARKS.md
 bench:
 	bash bench/run.sh
 

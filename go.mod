@@ -3,13 +3,12 @@ module github.com/ratelimit-proxy/ratelimit-proxy
 go 1.26.8
 
 require (
+	github.com/elazarl/goproxy v1.9.3
 	go.uber.org/zap v1.28.0
 	gopkg.in/yaml.v3 v3.0.1
 )
 
 require (
-	github.com/elazarl/goproxy v1.9.3 // indirect
-	github.com/stretchr/testify v1.11.1 // indirect
 	go.uber.org/multierr v1.10.0 // indirect
 	golang.org/x/net v0.50.0 // indirect
 	golang.org/x/text v0.34.0 // indirect
