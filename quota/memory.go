@@ -200,6 +200,9 @@ func (s *MemoryStore) Reserve(_ context.Context, req Request) (Reservation, erro
 		// Leaving now: requests released but not yet written count as sent
 		// now, not at their booked time.
 		for _, l := range limits {
+			if len(es) < l.Count {
+				continue // fewer entries than the limit: none can break it
+			}
 			if nth, ok := kl.nthLatest(l.Count, t, t, 0); ok && nth+int64(l.Window) > slot {
 				slot, res.Binding = nth+int64(l.Window), l
 			}
