@@ -5,9 +5,11 @@
 #
 #   bash bench/run.sh             # full run (~12 minutes on 2 cores)
 #   SMOKE=1 bash bench/run.sh     # a tiny version of every row (CI, < 60 s once built)
+#   ROWS=advice OUT=/tmp/advice.md bash bench/run.sh   # one row group only
 #
 # Environment: SMOKE=1; OUT=path (default BENCHMARKS.md, or
-# bench/BENCHMARKS.smoke.md in smoke mode); NO_INSTALL=1 to skip apt-get.
+# bench/BENCHMARKS.smoke.md in smoke mode); NO_INSTALL=1 to skip apt-get;
+# ROWS=overhead,precision,scale,advice (the default: all of them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -52,4 +54,7 @@ go test -c -o "$BIN/quotabench.test" ./bench/quotabench
 # 10k held connections need file descriptors on both sides.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+if [[ -n "${ROWS:-}" ]]; then
+  MODE+=(-rows "$ROWS")
+fi
 "$BIN/suite" -bin "$BIN" -wrk-script "$ROOT/bench/wrk/proxy.lua" -out "$OUT" "${MODE[@]}"

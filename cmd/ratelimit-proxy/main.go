@@ -119,6 +119,11 @@ func newLogger(cfg config.Log, w io.Writer) (*zap.Logger, func(), error) {
 }
 
 func serve(cfg *config.Config, stderr io.Writer) error {
+	// Catch signals before anything announces that the proxy is up.
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(stop)
+
 	log, flush, err := newLogger(cfg.Log, stderr)
 	if err != nil {
 		return err
@@ -154,9 +159,6 @@ func serve(cfg *config.Config, stderr io.Writer) error {
 	_ = log.Sync()
 	go func() { errs <- srv.Serve(ln) }()
 
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(stop)
 	var serveErr error
 	select {
 	case sig := <-stop:

@@ -69,7 +69,8 @@ func TestQuickStart(t *testing.T) {
 	if proxyAddr == "" || adminAddr == "" {
 		t.Fatalf("the command did not report its addresses:\n%s", logs.String())
 	}
-	go io.Copy(&logs, stderr)
+	copied := make(chan struct{})
+	go func() { io.Copy(&logs, stderr); close(copied) }()
 
 	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: proxyAddr})}}
 	resp, err := c.Get(upstream.URL)
@@ -100,6 +101,7 @@ func TestQuickStart(t *testing.T) {
 	go func() { done <- cmd.Wait() }()
 	select {
 	case err := <-done:
+		<-copied // the log is complete, and no longer written
 		if err != nil {
 			t.Fatalf("exit after SIGTERM: %v\n%s", err, logs.String())
 		}

@@ -1,10 +1,11 @@
 // Command suite runs ratelimit-proxy's benchmark suite end to end on
 // loopback: it starts the upstream, ratelimit-proxy (at log levels info and
 // warn), a bare goproxy and the peers (tinyproxy, nginx, mitmproxy), drives
-// load through each, runs the precision and scale rows, prints one report
-// and writes it to -out. bench/run.sh builds its inputs and calls it.
+// load through each, runs the precision, scale and vendor-advice rows, prints
+// one report and writes it to -out. bench/run.sh builds its inputs and calls
+// it.
 //
-//	suite -bin DIR -wrk-script bench/wrk/proxy.lua -out BENCHMARKS.md [-smoke]
+//	suite -bin DIR -wrk-script bench/wrk/proxy.lua -out BENCHMARKS.md [-smoke] [-rows advice]
 package main
 
 import (
@@ -64,7 +65,7 @@ func main() {
 	flag.DurationVar(&b.dur, "d", 8*time.Second, "measured duration of each overhead cell")
 	flag.DurationVar(&b.warmup, "warmup", time.Second, "unmeasured warm-up before each overhead cell")
 	flag.IntVar(&b.queued, "queued", 10000, "requests held in the queue for the memory row")
-	flag.StringVar(&b.rows, "rows", "overhead,precision,scale", "comma-separated row groups to run")
+	flag.StringVar(&b.rows, "rows", "overhead,precision,scale,advice", "comma-separated row groups to run: overhead, precision, scale, advice")
 	flag.StringVar(&b.precLimits, "precision-limits", "", "override the precision limits: LIMIT:WINDOWS,... (e.g. 1000/1s:3)")
 	flag.DurationVar(&b.quietBudget, "quiet-budget", 3*time.Minute, "longest total wait for other processes to go quiet")
 	flag.Parse()
@@ -118,6 +119,14 @@ func (b *bench) run() error {
 			rep.problems = append(rep.problems, "precision: "+err.Error())
 		}
 		rep.precision = prec
+	}
+	if want("advice") {
+		b.logf("vendor-advice rows")
+		adv, err := b.runAdvice()
+		if err != nil {
+			rep.problems = append(rep.problems, "vendor advice: "+err.Error())
+		}
+		rep.advice = adv
 	}
 	if want("scale") {
 		b.logf("scale rows")

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"sort"
 	"strings"
 	"time"
 )
@@ -13,6 +14,7 @@ type report struct {
 	env       []string
 	overhead  []result
 	precision []precisionResult
+	advice    []adviceRun
 	scale     []scaleRow
 	problems  []string
 }
@@ -167,6 +169,8 @@ func (r *report) markdown() string {
 			float64(p.maxInWindow)/float64(p.n), p.utilization, p.ceiling, p.errP50, p.errP99, p.errMax, p.failures, p.foreign)
 	}
 
+	r.adviceSection(w)
+
 	w("\n## Scale\n\n")
 	w("| Figure | Value | Target | Met |\n|---|--:|---|---|\n")
 	for _, s := range r.scale {
@@ -189,7 +193,7 @@ func (r *report) markdown() string {
 		}
 	}
 	w("\n## Commands\n\n")
-	w("```\nmake bench                 # = bash bench/run.sh: installs peers (apt-get), builds, runs, writes BENCHMARKS.md\nSMOKE=1 bash bench/run.sh  # tiny version of every row (CI), < 60 s\n```\n\n")
+	w("```\nmake bench                 # = bash bench/run.sh: installs peers (apt-get), builds, runs, writes BENCHMARKS.md\nSMOKE=1 bash bench/run.sh  # tiny version of every row (CI), < 60 s\nROWS=advice OUT=/tmp/advice.md bash bench/run.sh  # one row group (overhead, precision, scale, advice)\n```\n\n")
 	w("Each overhead cell (BIN = the suite's build directory; addresses are loopback ports chosen at run time):\n\n```\n")
 	for _, res := range r.overhead {
 		if res.command != "" {
@@ -339,6 +343,125 @@ func (r *report) targets() []string {
 			out = append(out, fmt.Sprintf("%s %s: %s: %s %s", s.name, s.target, map[string]string{"yes": "MET", "no": "MISSED"}[s.met], human(s.value), s.unit))
 		}
 	}
-	out = append(out, "Vendor-advice rows (issue item 4): not implemented yet.")
+	if t := r.adviceTarget(); t != "" {
+		out = append(out, t)
+	} else {
+		out = append(out, "Against the vendors' advice: not measured (rows not run)")
+	}
 	return out
+}
+
+// advicePair returns the advised run and the proxied run of a vendor.
+func (r *report) advicePair(name string) (adv, prx *adviceRun) {
+	for i := range r.advice {
+		a := &r.advice[i]
+		if a.v.name != name || a.skipped != "" {
+			continue
+		}
+		if a.proxied {
+			prx = a
+		} else {
+			adv = a
+		}
+	}
+	return adv, prx
+}
+
+// adviceVendorNames lists the vendors of the advice rows in run order.
+func (r *report) adviceVendorNames() []string {
+	var names []string
+	for _, a := range r.advice {
+		if len(names) == 0 || names[len(names)-1] != a.v.name {
+			names = append(names, a.v.name)
+		}
+	}
+	return names
+}
+
+func (r *report) adviceSection(w func(string, ...any)) {
+	if len(r.advice) == 0 {
+		return
+	}
+	a0 := r.advice[0]
+	w("\n## Against the vendors' advice\n\n")
+	w("The same job, %d GET requests for one key, run twice per vendor against an upstream inside the suite that throttles as the vendor documents (Clari: 429 + Retry-After; Clarifai: status.code CONN_THROTTLED in the JSON body of a 200, no Retry-After; Closient: 429 + Retry-After + RateLimit-Policy/-Limit/-Remaining/-Reset on every answer), its window scaled down: ", a0.job)
+	w("**advice**: %d clients direct to the upstream, each running the vendor's advised loop, every wait it names scaled as the window is (at most 50 attempts per request); ", a0.clients)
+	w("**proxy**: %d plain clients through ratelimit-proxy (the vendor's built-in `profile:`, `limits` = the scaled quota, queue mode, max_wait 60s, default_wait/min_wait and window_margin scaled from their defaults, margin at least 2 ms), which send each request once and count any non-2xx answer or throttle body as failed. ", a0.clients)
+	w("The upstream's quota is a fixed window per key that opens with the first request after the previous one expired; throttled requests do not count. ")
+	w("Waits (Retry-After, RateLimit-Reset, retry_after_seconds) are sent in seconds with 3 decimals: whole seconds would be whole scaled windows. ")
+	w("Clari publishes no numbers: the bench assumes 60 per minute. Closient's count is scaled with its window; its day window and its legacy X-RateLimit-* aliases (an absolute Unix time, read against the Date header's whole seconds) are left out; it names no backoff base, so its loop adds full jitter up to min(1 s x 2^attempt, 30 s), scaled. ")
+	w("Each run is bounded by %v.\n\n", a0.cap)
+	w("`throttles`: throttles the upstream sent. `time`: from the first request to the last answer. `util`: requests the upstream accepted over N x the windows the run spanned (first window's start to the last window's end), i.e. accepted per window over the quota. ")
+	w("`non-2xx seen`: throttles and errors the clients' own code received (the advised loops retry them). `failed`: requests that did not end in a success.\n\n")
+	w("| Vendor | Quota: published → scaled | Client | Loop | Done / job | Upstream throttles | Time s | Util | Non-2xx seen | Failed | other |\n")
+	w("|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, a := range r.advice {
+		client, loop := fmt.Sprintf("%d x direct", a.clients), a.v.advice
+		if a.proxied {
+			client, loop = fmt.Sprintf("%d x via ratelimit-proxy", a.clients), "plain: send once (profile "+a.v.profile+")"
+		}
+		quota := fmt.Sprintf("%s → %s (time x1/%.0f)", a.v.published, a.v.quota(), 1/a.v.scale())
+		if a.skipped != "" {
+			w("| %s | %s | %s | %s | not run: %s |||||||\n", a.v.name, quota, client, loop, a.skipped)
+			continue
+		}
+		elapsed := fmt.Sprintf("%.2f", a.elapsed.Seconds())
+		if !a.finished {
+			elapsed = "> " + elapsed + " (unfinished)"
+		}
+		w("| %s | %s | %s | %s | %d / %d | %d | %s | %.3f | %d | %d | %.2f |\n", a.v.name, quota, client, loop, a.done, a.job,
+			a.throttles, elapsed, a.util, a.seen, a.failed, a.foreign)
+	}
+	w("\n")
+	for _, name := range r.adviceVendorNames() {
+		adv, prx := r.advicePair(name)
+		if adv == nil || prx == nil {
+			w("- %s: no ratio (a run is missing)\n", name)
+			continue
+		}
+		took := fmt.Sprintf("%.2fx", prx.elapsed.Seconds()/adv.elapsed.Seconds())
+		if !adv.finished && prx.finished {
+			took = "< " + took + " (the advised run did not finish)"
+		}
+		util := "-"
+		if adv.util > 0 {
+			util = fmt.Sprintf("%.2fx (%.3f vs %.3f)", prx.util/adv.util, prx.util, adv.util)
+		}
+		var waits []string
+		for _, reason := range sortedKeys(adv.waits) {
+			waits = append(waits, fmt.Sprintf("%d %s", adv.waits[reason], reason))
+		}
+		if len(waits) == 0 {
+			waits = append(waits, "none")
+		}
+		w("- **%s**, proxy ÷ advice: time %s, utilization %s, upstream throttles %d vs %d, failed %d vs %d. The advised loop waited: %s; %.1f s of sleep over %d clients.\n",
+			name, took, util, prx.throttles, adv.throttles, prx.failed, adv.failed, strings.Join(waits, ", "), adv.slept.Seconds(), adv.clients)
+	}
+}
+
+// adviceTarget sums the advice rows up for the targets list (the issue sets
+// no number for them).
+func (r *report) adviceTarget() string {
+	var parts []string
+	for _, name := range r.adviceVendorNames() {
+		adv, prx := r.advicePair(name)
+		if adv == nil || prx == nil {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %d vs %d throttles, time %.2fx, util %.3f vs %.3f", name, prx.throttles, adv.throttles,
+			prx.elapsed.Seconds()/adv.elapsed.Seconds(), prx.util, adv.util))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "Against the vendors' advice (no numeric target; proxy vs advised loop): " + strings.Join(parts, "; ")
+}
+
+func sortedKeys(m map[string]int) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
