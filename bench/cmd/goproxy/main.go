@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -89,7 +90,7 @@ func main() {
 
 	p := goproxy.NewProxyHttpServer()
 	p.Verbose = false
-	p.Logger = log.New(discard{}, "", 0)
+	p.Logger = log.New(io.Discard, "", 0)
 	p.Tr = &http.Transport{
 		Proxy:                 nil,
 		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -111,7 +112,7 @@ func main() {
 		log.Fatal(err)
 	}
 	srv := &http.Server{Handler: p, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: log.New(discard{}, "", 0)}
+		ErrorLog: log.New(io.Discard, "", 0)}
 	go srv.Serve(ln)
 	out, _ := json.Marshal(map[string]string{"addr": ln.Addr().String()})
 	fmt.Println(string(out))
@@ -120,7 +121,3 @@ func main() {
 	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
 	<-stop
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
