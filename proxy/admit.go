@@ -34,16 +34,21 @@ type errStore struct{ err error }
 func (e errStore) Error() string { return "quota store: " + e.err.Error() }
 func (e errStore) Unwrap() error { return e.err }
 
-// upstreamTransport admits, sends, inspects and, when the upstream
-// throttles, holds, retries or rewrites. It is the forwarder's Transport.
+// upstreamTransport is roundTrip as an http.RoundTripper, for the
+// upgrader: the exchange travels in the request's context.
 type upstreamTransport struct{ s *Server }
 
 func (t upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	s := t.s
 	x, _ := req.Context().Value(exchangeKey{}).(*exchange)
 	if x == nil || x.up == nil {
-		return s.transport.RoundTrip(req)
+		return t.s.transport.RoundTrip(req)
 	}
+	return t.s.roundTrip(req, x)
+}
+
+// roundTrip admits, sends, inspects and, when the upstream throttles,
+// holds, retries or rewrites.
+func (s *Server) roundTrip(req *http.Request, x *exchange) (*http.Response, error) {
 	up := x.up
 	replay := prepareReplay(req, up)
 	route := ""
@@ -71,7 +76,7 @@ func (t upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 			}
 			return local, err
 		}
-		sentAt, resp, err := s.send(req, gates)
+		sentAt, resp, err := s.send(req, x, gates)
 		if err != nil {
 			s.abandonProbes(gates) // no answer: another request probes
 			return nil, err
@@ -226,7 +231,7 @@ func (s *Server) admit(ctx context.Context, x *exchange, gates []*gate) (*http.R
 // send writes the request upstream and settles every gate with the time it
 // was written, so that later requests are timed from when this one really
 // left. A request that provably never left gives its slots back.
-func (s *Server) send(req *http.Request, gates []*gate) (time.Time, *http.Response, error) {
+func (s *Server) send(req *http.Request, x *exchange, gates []*gate) (time.Time, *http.Response, error) {
 	var sentAt atomic.Pointer[time.Time] // keeps the monotonic reading
 	settle := func() {
 		now := time.Now()
@@ -240,7 +245,8 @@ func (s *Server) send(req *http.Request, gates []*gate) (time.Time, *http.Respon
 		}
 	}
 	ctx := httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
-		WroteRequest: func(httptrace.WroteRequestInfo) { settle() },
+		Got1xxResponse: x.forward1xx,
+		WroteRequest:   func(httptrace.WroteRequestInfo) { settle() },
 	})
 	resp, err := s.transport.RoundTrip(req.WithContext(ctx))
 	if err != nil && neverSent(err) {

