@@ -60,12 +60,13 @@ func (s *Server) roundTrip(req *http.Request, x *exchange) (*http.Response, erro
 		// The first attempt uses the exchange's own gates; a retry gets
 		// fresh ones, as a late callback of the previous attempt may still
 		// settle its own.
-		g := &x.gates
+		g, ptrs := &x.gates, &x.gatePtrs
 		if attempt > 1 {
-			g = new([2]gate)
+			g, ptrs = new([2]gate), new([2]*gate)
 		}
 		g[0] = gate{key: x.id.key, limits: x.id.limits.enforced}
-		gates := []*gate{&g[0], &g[1]}[:1]
+		*ptrs = [2]*gate{&g[0], &g[1]}
+		gates := ptrs[:1]
 		if b := up.buckets.get(route); route != "" && b != "" {
 			g[1] = gate{key: x.id.key + "#" + b}
 			gates = gates[:2]
@@ -76,7 +77,7 @@ func (s *Server) roundTrip(req *http.Request, x *exchange) (*http.Response, erro
 			}
 			return local, err
 		}
-		sentAt, resp, err := s.send(req, x, gates)
+		sentAt, resp, err := s.send(req, x, gates, attempt)
 		if err != nil {
 			s.abandonProbes(gates) // no answer: another request probes
 			return nil, err
@@ -231,33 +232,54 @@ func (s *Server) admit(ctx context.Context, x *exchange, gates []*gate) (*http.R
 // send writes the request upstream and settles every gate with the time it
 // was written, so that later requests are timed from when this one really
 // left. A request that provably never left gives its slots back.
-func (s *Server) send(req *http.Request, x *exchange, gates []*gate) (time.Time, *http.Response, error) {
-	var sentAt atomic.Pointer[time.Time] // keeps the monotonic reading
-	settle := func() {
-		now := time.Now()
-		sentAt.CompareAndSwap(nil, &now)
-		for _, g := range gates {
-			if g.done.CompareAndSwap(false, true) {
-				if err := s.store.Settle(context.Background(), g.res, now); err != nil {
-					s.log.Warn("settling a slot failed", zap.Error(err))
-				}
-			}
-		}
+//
+// The first attempt's trace is already in req's context (see forward); a
+// retry adds its own, composed with it, whose 1xx answers the first one
+// passes on.
+func (s *Server) send(req *http.Request, x *exchange, gates []*gate, n int) (time.Time, *http.Response, error) {
+	a := &x.first
+	if n > 1 {
+		a = &attempt{s: s, start: x.start}
+		a.trace.WroteRequest = a.wroteRequest
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &a.trace))
 	}
-	ctx := httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
-		Got1xxResponse: x.forward1xx,
-		WroteRequest:   func(httptrace.WroteRequestInfo) { settle() },
-	})
-	resp, err := s.transport.RoundTrip(req.WithContext(ctx))
+	a.gates = gates
+	resp, err := s.transport.RoundTrip(req)
 	if err != nil && neverSent(err) {
 		s.cancelGates(gates)
 	} else {
-		settle() // written, or perhaps partly: now is a safe upper bound
+		a.settle() // written, or perhaps partly: now is a safe upper bound
 	}
-	if at := sentAt.Load(); at != nil {
-		return *at, resp, err
+	if at := a.sentAt.Load(); at != 0 {
+		return x.start.Add(time.Duration(at)), resp, err // keeps the monotonic reading
 	}
 	return time.Now(), resp, err
+}
+
+// attempt is one sending of a request: its gates, and when it was written.
+// Each attempt has its own, as a late callback of an earlier attempt may
+// still settle that attempt's gates.
+type attempt struct {
+	s      *Server
+	gates  []*gate
+	start  time.Time    // the exchange's start
+	sentAt atomic.Int64 // time written, since start; 0 until then
+	trace  httptrace.ClientTrace
+}
+
+func (a *attempt) wroteRequest(httptrace.WroteRequestInfo) { a.settle() }
+
+// settle settles every gate not yet settled or cancelled with the time now.
+func (a *attempt) settle() {
+	now := time.Now()
+	a.sentAt.CompareAndSwap(0, max(int64(now.Sub(a.start)), 1))
+	for _, g := range a.gates {
+		if g.done.CompareAndSwap(false, true) {
+			if err := a.s.store.Settle(context.Background(), g.res, now); err != nil {
+				a.s.log.Warn("settling a slot failed", zap.Error(err))
+			}
+		}
+	}
 }
 
 func (s *Server) cancelGates(gates []*gate) {
@@ -306,10 +328,7 @@ func (s *Server) inspect(x *exchange, resp *http.Response, sentAt time.Time, rou
 	now := time.Now()
 	bucket := ""
 	if !up.learn.off && verdict.Kind != signals.KindOverload && verdict.Kind != signals.KindNotQuota {
-		if route == "" && resp.Request != nil {
-			route = resp.Request.Method + " " + resp.Request.URL.Path
-		}
-		bucket = s.observe(x, resp.Header, now, sentAt, route)
+		bucket = s.observe(x, resp, now, sentAt, route)
 	}
 	if !verdict.Throttle {
 		return verdict, 0, bucket
@@ -324,10 +343,13 @@ func (s *Server) inspect(x *exchange, resp *http.Response, sentAt time.Time, rou
 // observe turns the quota windows in the headers into an Observation for
 // the credential's key, or the bucket's key when the upstream names one,
 // and returns that bucket.
-func (s *Server) observe(x *exchange, h http.Header, now, sentAt time.Time, route string) string {
-	windows := signals.Quota(h, now)
+func (s *Server) observe(x *exchange, resp *http.Response, now, sentAt time.Time, route string) string {
+	windows := signals.Quota(resp.Header, now)
 	if len(windows) == 0 {
 		return ""
+	}
+	if route == "" && resp.Request != nil {
+		route = resp.Request.Method + " " + resp.Request.URL.Path
 	}
 	up := x.up
 	bucket := ""

@@ -38,8 +38,13 @@ var hopHeaders = [...]string{
 // forward sends r upstream, through admission for hosts with a policy, and
 // copies the answer to w.
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
+	x.first = attempt{s: s, start: x.start}
+	x.first.trace.Got1xxResponse = x.forward1xx
+	x.first.trace.WroteRequest = x.first.wroteRequest
+	ctx := httptrace.WithClientTrace(r.Context(), &x.first.trace)
 	if isUpgrade(r.Header) {
-		s.upgrader.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
+		// ReverseProxy passes 1xx answers on itself: x.w stays nil.
+		s.upgrader.ServeHTTP(w, r.WithContext(context.WithValue(ctx, exchangeKey{}, x)))
 		return
 	}
 	if r.Body != nil {
@@ -48,15 +53,14 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		defer r.Body.Close()
 	}
 	x.w = w
-	out := r.WithContext(r.Context())
+	out := r.WithContext(ctx)
 	out.Header = outgoingHeader(r.Header)
 	out.Close = false // the client's connection is not the upstream's
 
 	var resp *http.Response
 	var err error
 	if x.up == nil {
-		trace := &httptrace.ClientTrace{Got1xxResponse: x.forward1xx}
-		resp, err = s.transport.RoundTrip(out.WithContext(httptrace.WithClientTrace(out.Context(), trace)))
+		resp, err = s.transport.RoundTrip(out)
 	} else {
 		resp, err = s.roundTrip(out, x)
 	}

@@ -43,8 +43,14 @@ type exchange struct {
 	status   int
 	err      string
 
-	gates [2]gate             // the gates of the first attempt, kept here to spare allocations
-	w     http.ResponseWriter // the client's, for 1xx answers; nil on the upgrade path
+	w http.ResponseWriter // the client's, for 1xx answers; nil on the upgrade path
+
+	// Kept here to spare allocations: the first attempt and its gates, the
+	// gates in use, the log line's fields.
+	first     attempt
+	gates     [2]gate
+	gatePtrs  [2]*gate
+	logFields [13]zap.Field
 }
 
 type exchangeKey struct{}
@@ -182,7 +188,7 @@ func (s *Server) logExchange(r *http.Request, x *exchange) {
 		if x.up != nil {
 			upstream, key, rule = x.up.name, x.id.fingerprint, x.id.rule
 		}
-		fields := []zap.Field{
+		fields := append(x.logFields[:0],
 			zap.String("upstream", upstream),
 			zap.String("method", r.Method),
 			zap.String("host", r.URL.Host),
@@ -193,7 +199,7 @@ func (s *Server) logExchange(r *http.Request, x *exchange) {
 			zap.Float64("queue_wait_ms", float64(x.wait.Microseconds())/1000),
 			zap.Int("status", x.status),
 			zap.Float64("latency_ms", float64(time.Since(x.start).Microseconds())/1000),
-		}
+		)
 		if x.attempts > 1 {
 			fields = append(fields, zap.Int("attempts", x.attempts))
 		}

@@ -24,6 +24,7 @@ type upstream struct {
 	rules     []rule
 	limits    *limitSet // keys found by a rule without limits of its own
 	anonymous *limitSet
+	anonKey   string     // the store key of requests without a credential
 	prefixes  []override // longest prefix first
 	prints    []override // fingerprint overrides
 	reject    bool
@@ -119,6 +120,7 @@ func compileUpstream(u *config.Upstream) *upstream {
 		maxQueue: u.MaxQueue,
 	}
 	c.anonymous = newLimitSet(u, u.Anonymous.Limits)
+	c.anonKey = u.Name + "/anonymous"
 	c.margin = u.Margin
 	c.buckets = newBucketMap(4096)
 	th := u.Throttle
@@ -191,14 +193,18 @@ func (u *upstream) identify(r *http.Request) identity {
 			continue
 		}
 		sum := sha256.Sum256([]byte(cred))
-		print := hex.EncodeToString(sum[:])
-		id := identity{fingerprint: print[:12], rule: rl.label, limits: rl.limits}
+		var hexSum [2 * sha256.Size]byte
+		hex.Encode(hexSum[:], sum[:])
+		kind := "/cred/"
 		if rl.kind == bySourceIP {
-			id.key = u.name + "/ip/" + print
-		} else {
+			kind = "/ip/"
+		}
+		key := u.name + kind + string(hexSum[:]) // one allocation
+		print := key[len(key)-len(hexSum):]
+		id := identity{key: key, fingerprint: print[:12], rule: rl.label, limits: rl.limits}
+		if rl.kind != bySourceIP {
 			// Credentials share a bucket however they are sent: a token in
 			// ?access_token= and in "Authorization: Bearer" is one quota.
-			id.key = u.name + "/cred/" + print
 			if o := u.override(cred, print); o != nil {
 				id.limits = o
 			}
@@ -208,7 +214,7 @@ func (u *upstream) identify(r *http.Request) identity {
 		}
 		return id
 	}
-	return identity{key: u.name + "/anonymous", fingerprint: "anonymous", rule: "anonymous", limits: u.anonymous}
+	return identity{key: u.anonKey, fingerprint: "anonymous", rule: "anonymous", limits: u.anonymous}
 }
 
 func (u *upstream) override(cred, print string) *limitSet {

@@ -325,7 +325,8 @@ func (s *MemoryStore) Settle(_ context.Context, r Reservation, sentAt time.Time)
 	if !r.OK || r.slot == noSlot {
 		return nil
 	}
-	sh, _, _ := s.lock(r.key)
+	sh := s.shardOf(r.key)
+	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	kl := sh.keys[r.key]
 	i := kl.find(r.slot, r.id)
