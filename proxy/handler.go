@@ -45,12 +45,12 @@ type exchange struct {
 
 	w http.ResponseWriter // the client's, for 1xx answers; nil on the upgrade path
 
-	// Kept here to spare allocations: the first attempt and its gates, the
-	// gates in use, the log line's fields.
-	first     attempt
-	gates     [2]gate
-	gatePtrs  [2]*gate
-	logFields [13]zap.Field
+	// Kept here to spare allocations: the first attempt and its gates, and
+	// the gates in use. (Not the log line's fields: every queued request
+	// would carry them while it waits.)
+	first    attempt
+	gates    [2]gate
+	gatePtrs [2]*gate
 }
 
 type exchangeKey struct{}
@@ -188,7 +188,8 @@ func (s *Server) logExchange(r *http.Request, x *exchange) {
 		if x.up != nil {
 			upstream, key, rule = x.up.name, x.id.fingerprint, x.id.rule
 		}
-		fields := append(x.logFields[:0],
+		fields := make([]zap.Field, 0, 13)
+		fields = append(fields,
 			zap.String("upstream", upstream),
 			zap.String("method", r.Method),
 			zap.String("host", r.URL.Host),
