@@ -607,6 +607,10 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 	return nil
 }
 
+// CheckAddr reports whether addr is a listen address, host:port, such as
+// 127.0.0.1:8080 (port 0 picks a free port).
+func CheckAddr(addr string) error { return checkAddr(addr, false) }
+
 func checkAddr(addr string, emptyOK bool) error {
 	if addr == "" {
 		if emptyOK {

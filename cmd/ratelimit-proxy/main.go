@@ -65,6 +65,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return err
 		}
 		if *listen != "" {
+			if err := config.CheckAddr(*listen); err != nil {
+				return fmt.Errorf("-listen: %w", err)
+			}
 			cfg.Listen = *listen
 		}
 		if *dataDir != "" {
@@ -75,7 +78,13 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		case "off":
 			cfg.Admin = ""
 		default:
+			if err := config.CheckAddr(*admin); err != nil {
+				return fmt.Errorf("-admin: %w (or \"off\")", err)
+			}
 			cfg.Admin = *admin
+		}
+		if cfg.Admin != "" && cfg.Admin == cfg.Listen && !strings.HasSuffix(cfg.Listen, ":0") {
+			return fmt.Errorf("the admin address and the proxy address are both %s: they must differ", cfg.Listen)
 		}
 		if cmd == "check" {
 			fmt.Fprintf(stdout, "%s: ok (%d upstreams)\n", *path, len(cfg.Upstreams))

@@ -125,6 +125,29 @@ func TestCheckReportsTheFirstProblemWithFileAndLine(t *testing.T) {
 	}
 }
 
+func TestBadFlagAddressesNameTheFlag(t *testing.T) {
+	example := filepath.Join("..", "..", "config.example.yaml")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-listen", "8080"}, `-listen: "8080": want host:port`},
+		{[]string{"-listen", "localhost:http-alt"}, `-listen: "localhost:http-alt": port must be a number`},
+		{[]string{"-admin", "nowhere"}, `-admin: "nowhere": want host:port`},
+		{[]string{"-listen", "127.0.0.1:9999", "-admin", "127.0.0.1:9999"}, "both 127.0.0.1:9999: they must differ"},
+	} {
+		var out bytes.Buffer
+		err := run(append([]string{"check", "-config", example}, tc.args...), strings.NewReader(""), &out, &out)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("check %v: got %v, want an error containing %q", tc.args, err, tc.want)
+		}
+	}
+	var out bytes.Buffer
+	if err := run([]string{"check", "-config", example, "-listen", "127.0.0.1:0", "-admin", "off"}, strings.NewReader(""), &out, &out); err != nil {
+		t.Errorf("good flags refused: %v", err)
+	}
+}
+
 func TestFingerprintReadsTheCredentialFromStdin(t *testing.T) {
 	var out bytes.Buffer
 	if err := run([]string{"fingerprint"}, strings.NewReader("console-token\n"), &out, io.Discard); err != nil {
