@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -528,20 +527,13 @@ func TestStreamedResponsesAreNotHeldBack(t *testing.T) {
 	for _, sc := range schemes {
 		t.Run(sc.name, func(t *testing.T) {
 			release := make(chan struct{})
-			up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			up := startOrigin(t, sc.tls, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Content-Type", "text/event-stream")
 				io.WriteString(w, "data: first\n\n")
 				w.(http.Flusher).Flush()
 				<-release
 				io.WriteString(w, "data: second\n\n")
 			}))
-			if sc.tls {
-				up.TLS = &tls.Config{Certificates: []tls.Certificate{getPKI(t).server}}
-				up.StartTLS()
-			} else {
-				up.Start()
-			}
-			defer up.Close()
 			defer close(release)
 			p := startProxy(t, fmt.Sprintf("upstreams:\n  - profile: openai\n    hosts: [api.test]\n    connect_to: %s\n", up.Listener.Addr()))
 			req, _ := http.NewRequest(http.MethodPost, sc.prefix+"/v1/chat/completions", strings.NewReader(`{"stream":true}`))

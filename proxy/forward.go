@@ -94,14 +94,7 @@ func outgoingHeader(h http.Header) http.Header {
 	if _, ok := h["User-Agent"]; !ok {
 		h["User-Agent"] = []string{""} // empty: the transport adds none of its own
 	}
-	dirty := false
-	for _, k := range hopHeaders {
-		if _, ok := h[k]; ok {
-			dirty = true
-			break
-		}
-	}
-	if !dirty {
+	if !hasHopHeaders(h) {
 		return h
 	}
 	out := h.Clone()
@@ -110,6 +103,17 @@ func outgoingHeader(h http.Header) http.Header {
 		out["Te"] = []string{"trailers"} // the one TE value that must reach the upstream
 	}
 	return out
+}
+
+// hasHopHeaders reports whether h holds any hop-by-hop header: a few map
+// lookups, so that the common clean case copies nothing.
+func hasHopHeaders(h http.Header) bool {
+	for _, k := range hopHeaders {
+		if _, ok := h[k]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // removeHopHeaders deletes the hop-by-hop headers from h, including those
@@ -149,11 +153,8 @@ func isUpgrade(h http.Header) bool {
 // fails half-way aborts the client's response (net/http then closes the
 // connection), so the client never takes a cut body for a whole one.
 func (s *Server) copyResponse(w http.ResponseWriter, resp *http.Response, x *exchange) {
-	for _, k := range hopHeaders {
-		if _, ok := resp.Header[k]; ok {
-			removeHopHeaders(resp.Header)
-			break
-		}
+	if hasHopHeaders(resp.Header) {
+		removeHopHeaders(resp.Header)
 	}
 	h := w.Header()
 	for k, vv := range resp.Header {

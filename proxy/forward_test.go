@@ -16,10 +16,9 @@ import (
 	"time"
 )
 
-// startUpstream runs h as an upstream over plain HTTP or TLS (signed by the
-// test CA, which the proxy trusts) and returns a proxy routing api.test to
-// it with an apikey identity.
-func startUpstream(t *testing.T, useTLS bool, h http.Handler) *running {
+// startOrigin runs h as an upstream over plain HTTP or TLS (signed by the
+// test CA, which the proxy trusts) until the test ends.
+func startOrigin(t *testing.T, useTLS bool, h http.Handler) *httptest.Server {
 	t.Helper()
 	up := httptest.NewUnstartedServer(h)
 	if useTLS {
@@ -29,6 +28,14 @@ func startUpstream(t *testing.T, useTLS bool, h http.Handler) *running {
 		up.Start()
 	}
 	t.Cleanup(up.Close)
+	return up
+}
+
+// startUpstream runs h with startOrigin and returns a proxy routing
+// api.test to it with an apikey identity.
+func startUpstream(t *testing.T, useTLS bool, h http.Handler) *running {
+	t.Helper()
+	up := startOrigin(t, useTLS, h)
 	return startProxy(t, fmt.Sprintf("upstreams:\n  - name: api\n    hosts: [api.test]\n    connect_to: %s\n    identity: [{header: apikey}]\n    limits: [100/1s]\n", up.Listener.Addr()))
 }
 
