@@ -22,7 +22,7 @@ import (
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
 	"github.com/ratelimit-proxy/ratelimit-proxy/signals"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Config is the whole file. See config.example.yaml for every field.
