@@ -85,7 +85,7 @@ func TestBadConfigsNameFileLineAndField(t *testing.T) {
 		{"bad connect_to", "upstreams:\n  - name: a\n    hosts: [a]\n    connect_to: nowhere\n", []string{"bad.yaml:4:", "connect_to"}},
 		{"syntax error", "upstreams: [\n", []string{"bad.yaml"}},
 		{"empty file", "", []string{"bad.yaml", "empty"}},
-		{"alias", "a: &x 1\nlisten: *x\n", []string{"bad.yaml"}},
+		{"alias", "listen: &x 127.0.0.1:1\nadmin: *x\n", []string{"bad.yaml:2:", "admin", "aliases are not supported"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -92,8 +92,10 @@ func TestQuickStart(t *testing.T) {
 	if !strings.HasPrefix(string(pemBytes), "-----BEGIN CERTIFICATE-----") || !bytes.Equal(pemBytes, onDisk) {
 		t.Fatalf("/ca.pem does not serve data/ca.pem")
 	}
-	if info, err := os.Stat(filepath.Join(dir, "data", "ca-key.pem")); err != nil || info.Mode().Perm() != 0o600 {
-		t.Fatalf("CA key file: %v %v, want mode 0600", info.Mode(), err)
+	if info, err := os.Stat(filepath.Join(dir, "data", "ca-key.pem")); err != nil {
+		t.Fatalf("CA key file: %v", err)
+	} else if info.Mode().Perm() != 0o600 {
+		t.Fatalf("CA key file mode %v, want 0600", info.Mode().Perm())
 	}
 
 	cmd.Process.Signal(syscall.SIGTERM)
