@@ -13,12 +13,12 @@ test: deps vet
 	$(MAKE) fuzz-smoke
 	$(MAKE) bench-smoke
 
-## deps: curl is used by the end-to-end tests (installed with apt when missing)
+## deps: the one install step (scripts/deps.sh): the Debian packages the tests
+## and the benchmark peers need, installed with apt-get when missing (as root or
+## through sudo). NO_INSTALL=1 installs nothing and says what is skipped.
 deps:
-	@command -v curl >/dev/null 2>&1 || { \
-	  echo "installing curl"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
 	@command -v $(GO) >/dev/null 2>&1 || { echo "Go is required: https://go.dev/dl/"; exit 1; }
+	bash scripts/deps.sh test bench
 
 vet:
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); \

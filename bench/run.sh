@@ -8,7 +8,8 @@
 #   ROWS=advice OUT=/tmp/advice.md bash bench/run.sh   # one row group only
 #
 # Environment: SMOKE=1; OUT=path (default BENCHMARKS.md, or
-# bench/BENCHMARKS.smoke.md in smoke mode); NO_INSTALL=1 to skip apt-get;
+# bench/BENCHMARKS.smoke.md in smoke mode); NO_INSTALL=1 to skip apt-get
+# (scripts/deps.sh);
 # ROWS=overhead,precision,scale,advice (the default: all of them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,27 +23,10 @@ else
   MODE=()
 fi
 
-# Peers from Debian. mitmproxy is optional: the suite says so if it is absent.
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v tinyproxy >/dev/null || need+=(tinyproxy)
-command -v mitmdump >/dev/null || need+=(mitmproxy)
-if ((${#need[@]})) && [[ "${NO_INSTALL:-}" != 1 ]]; then
-  SUDO=""
-  [[ $(id -u) == 0 ]] || SUDO="sudo"
-  echo "bench: installing ${need[*]}" >&2
-  $SUDO apt-get update -qq >/dev/null
-  for p in "${need[@]}"; do
-    if apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$p" >/dev/null ||
-        echo "bench: could not install $p; its rows will be reported as not measured" >&2
-    else
-      echo "bench: $p is not available from apt; its rows will be reported as not measured" >&2
-    fi
-  done
-fi
-command -v wrk >/dev/null || { echo "bench: wrk is required (apt-get install wrk)" >&2; exit 1; }
+# Peers from Debian, through the project's one install step (NO_INSTALL=1
+# skips it; the suite then reports the rows of a missing peer as not measured).
+bash scripts/deps.sh bench
+command -v wrk >/dev/null || { echo "bench: wrk is required (NO_INSTALL=1 left it out)" >&2; exit 1; }
 # Debian starts nginx as a service on install; the suite runs its own.
 
 BIN=$(mktemp -d /tmp/rlp-bench-bin.XXXXXX)
