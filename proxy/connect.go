@@ -35,8 +35,9 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 			Message: "no upstream policy for this host, and unknown_hosts is deny", Source: "proxy"}})
 	default:
 		action = "tunnel"
-		d := net.Dialer{Timeout: time.Duration(s.timeouts.Dial)}
-		c, err := d.DialContext(r.Context(), "tcp", target)
+		ctx, cancel := context.WithTimeout(r.Context(), time.Duration(s.timeouts.Dial))
+		c, err := s.dial(ctx, "tcp", target)
+		cancel()
 		if err != nil {
 			action = decisionError
 			writeJSON(w, http.StatusBadGateway, errorBody{Error: errorDetail{Code: "UPSTREAM_UNREACHABLE",

@@ -220,7 +220,7 @@ func startProxyB(t testing.TB, yamlText string) *running {
 		level = zapcore.WarnLevel
 	}
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), logs, level))
-	srv, err := proxy.New(cfg, log, quota.NewMemoryStore(nil))
+	srv, err := proxy.New(cfg, proxy.Options{Log: log, Store: quota.NewMemoryStore(nil)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,6 +39,7 @@ type Server struct {
 	routes      router
 	denyUnknown bool
 	timeouts    config.Timeouts
+	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	transport *http.Transport
 	buffers   *sync.Pool             // body copy buffers (*[]byte)
@@ -54,12 +55,34 @@ type Server struct {
 	closing     bool // no new tunnels
 }
 
+// Options are what a Server needs besides its configuration.
+type Options struct {
+	// Log receives one line per request and the proxy's own events; nil
+	// logs nothing.
+	Log *zap.Logger
+	// Store books every request's slot. Required.
+	Store quota.Store
+	// Dial opens connections to upstreams and to the targets of untouched
+	// tunnels. Nil dials TCP with the configured dial timeout. Tests give
+	// an in-memory network here.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
 // New builds a Server from a loaded configuration. It loads or creates the
 // CA and starts the internal server for intercepted connections; call
 // Shutdown to release it.
-func New(cfg *config.Config, log *zap.Logger, store quota.Store) (*Server, error) {
+func New(cfg *config.Config, opts Options) (*Server, error) {
+	log, store := opts.Log, opts.Store
 	if log == nil {
 		log = zap.NewNop()
+	}
+	if store == nil {
+		return nil, errors.New("proxy: no quota store")
+	}
+	dial := opts.Dial
+	if dial == nil {
+		d := &net.Dialer{Timeout: time.Duration(cfg.Timeouts.Dial), KeepAlive: 30 * time.Second}
+		dial = d.DialContext
 	}
 	ca, err := LoadOrCreateCA(cfg.CACert, cfg.CAKey)
 	if err != nil {
@@ -76,6 +99,7 @@ func New(cfg *config.Config, log *zap.Logger, store quota.Store) (*Server, error
 		routes:      router{hosts: map[string]*upstream{}},
 		denyUnknown: cfg.UnknownHosts == "deny",
 		timeouts:    cfg.Timeouts,
+		dial:        dial,
 		tunnelConns: map[net.Conn]struct{}{},
 	}
 	connectTo := map[string]string{}
@@ -89,7 +113,7 @@ func New(cfg *config.Config, log *zap.Logger, store quota.Store) (*Server, error
 			}
 		}
 	}
-	s.transport = newTransport(cfg, roots, connectTo)
+	s.transport = newTransport(cfg, roots, connectTo, dial)
 	s.buffers = newBuffers()
 	s.upgrader = &httputil.ReverseProxy{
 		Rewrite:    func(*httputil.ProxyRequest) {}, // the URL is already absolute; no X-Forwarded-*
@@ -197,8 +221,7 @@ func (s *Server) AdminHandler() http.Handler {
 	return mux
 }
 
-func newTransport(cfg *config.Config, roots *x509.CertPool, connectTo map[string]string) *http.Transport {
-	dialer := &net.Dialer{Timeout: time.Duration(cfg.Timeouts.Dial), KeepAlive: 30 * time.Second}
+func newTransport(cfg *config.Config, roots *x509.CertPool, connectTo map[string]string, dial func(context.Context, string, string) (net.Conn, error)) *http.Transport {
 	return &http.Transport{
 		Proxy: nil, // never read HTTP_PROXY: the proxy must not dial itself
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -207,7 +230,7 @@ func newTransport(cfg *config.Config, roots *x509.CertPool, connectTo map[string
 			} else if to, ok := connectTo[strings.ToLower(hostOnly(addr))]; ok {
 				addr = to
 			}
-			return dialer.DialContext(ctx, network, addr)
+			return dial(ctx, network, addr)
 		},
 		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
 		ForceAttemptHTTP2:     true,

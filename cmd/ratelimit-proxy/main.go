@@ -139,7 +139,7 @@ func serve(cfg *config.Config, stderr io.Writer) error {
 	}
 	defer flush()
 
-	srv, err := proxy.New(cfg, log, quota.NewMemoryStore(nil))
+	srv, err := proxy.New(cfg, proxy.Options{Log: log, Store: quota.NewMemoryStore(nil)})
 	if err != nil {
 		return err
 	}

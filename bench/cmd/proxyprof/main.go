@@ -62,7 +62,7 @@ func main() {
 	logger := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(encCfg), ws, level))
 	defer ws.Stop()
 
-	srv, err := proxy.New(cfg, logger, quota.NewMemoryStore(nil))
+	srv, err := proxy.New(cfg, proxy.Options{Log: logger, Store: quota.NewMemoryStore(nil)})
 	if err != nil {
 		log.Fatal(err)
 	}
