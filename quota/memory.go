@@ -533,3 +533,51 @@ func (sh *shard) sweep(t int64) {
 		}
 	}
 }
+
+// Inspect implements Inspector.
+func (s *MemoryStore) Inspect(_ context.Context, key string, limits []Limit) (KeyState, error) {
+	if key == "" {
+		return KeyState{}, ErrNoKey
+	}
+	sh, now, t := s.lock(key)
+	defer sh.mu.Unlock()
+	st := KeyState{Now: now, Budget: -1}
+	kl := sh.keys[key]
+	if kl == nil {
+		for _, l := range limits {
+			st.Limits = append(st.Limits, LimitState{Limit: l, NextFree: now})
+		}
+		return st, nil
+	}
+	for _, e := range kl.entries {
+		switch {
+		case e.state == pending:
+			st.Queued++
+		case e.state == released:
+			st.InFlight++
+		}
+	}
+	for _, l := range kl.limits(limits, t) {
+		ls := LimitState{Limit: l, NextFree: now}
+		for _, e := range kl.entries {
+			if e.state != pending && (e.state == released || e.at > t-int64(l.Window)) {
+				ls.Used++
+			}
+		}
+		if nth, ok := kl.nthLatest(l.Count, t, t, 0); ok && nth+int64(l.Window) > t {
+			ls.NextFree = s.epoch.Add(time.Duration(nth + int64(l.Window)))
+		}
+		st.Limits = append(st.Limits, ls)
+	}
+	if kl.holdUntil > t {
+		st.HoldUntil = s.epoch.Add(time.Duration(kl.holdUntil))
+	}
+	st.Probing = kl.probing
+	if t < kl.budgetUntil {
+		st.Budget, st.BudgetUntil = kl.budget, s.epoch.Add(time.Duration(kl.budgetUntil))
+	}
+	if len(kl.learned) > 0 && t < kl.learnedUntil {
+		st.Learned, st.LearnedUntil = slices.Clone(kl.learned), s.epoch.Add(time.Duration(kl.learnedUntil))
+	}
+	return st, nil
+}

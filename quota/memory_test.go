@@ -791,3 +791,32 @@ func TestHeldKeysThatNeverProbeAreForgotten(t *testing.T) {
 		t.Fatalf("Keys() = %d, want 1000: held keys that never probed were kept", n)
 	}
 }
+
+func TestInspectDescribesAKey(t *testing.T) {
+	clock := newFakeClock()
+	s := NewMemoryStore(clock)
+	limits := mustLimits(t, "3/1s", "10/1m")
+	ctx := context.Background()
+	if st, err := s.Inspect(ctx, "k", limits); err != nil || len(st.Limits) != 2 || st.Limits[0].Used != 0 || !st.Limits[0].NextFree.Equal(clock.Now()) || st.Budget != -1 {
+		t.Fatalf("unknown key: %+v %v", st, err)
+	}
+	for range 3 {
+		r := book(t, s, Request{Key: "k", Limits: limits})
+		s.Settle(ctx, r, clock.Now())
+	}
+	queued := reserve(t, s, Request{Key: "k", Limits: limits, MaxWait: 5 * time.Second, MaxQueue: 10})
+	if !queued.OK || queued.Delay() == 0 {
+		t.Fatalf("fourth request: %+v, want queued", queued)
+	}
+	s.Hold(ctx, "k", 2*time.Second)
+	st, err := s.Inspect(ctx, "k", limits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Limits[0].Used != 3 || st.Limits[1].Used != 3 || st.Queued != 1 || st.InFlight != 0 {
+		t.Errorf("used %d/%d queued %d in flight %d, want 3/3, 1, 0", st.Limits[0].Used, st.Limits[1].Used, st.Queued, st.InFlight)
+	}
+	if want := clock.Now().Add(2 * time.Second); !st.Limits[0].NextFree.Equal(clock.Now().Add(time.Second)) || !st.HoldUntil.Equal(want) || !st.Probing {
+		t.Errorf("next free %v hold until %v probing %v", st.Limits[0].NextFree.Sub(clock.Now()), st.HoldUntil.Sub(clock.Now()), st.Probing)
+	}
+}

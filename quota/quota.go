@@ -237,3 +237,47 @@ func (SystemClock) Now() time.Time { return time.Now() }
 
 // ErrNoKey is returned for a Request without a Key.
 var ErrNoKey = errors.New("quota: request has no key")
+
+// KeyState is what a store knows about one key at Now, for operators (the
+// quota API and the status page). It is a snapshot: it may be stale as soon
+// as it is returned.
+type KeyState struct {
+	Now time.Time
+	// Limits are the limits in force for the key: the caller's, with the
+	// windows the upstream reported (Learned) on top or instead.
+	Limits []LimitState
+	// Queued counts requests booked for a future slot.
+	Queued int
+	// InFlight counts requests released but not yet settled.
+	InFlight int
+	// HoldUntil is when a hold (an upstream throttle) ends; zero if none.
+	HoldUntil time.Time
+	// Probing reports that the next request goes alone as a probe.
+	Probing bool
+	// Budget is how many more requests the upstream's report allows until
+	// BudgetUntil; -1 when no report is in force.
+	Budget      int
+	BudgetUntil time.Time
+	// Learned are the windows the upstream reported, in force until
+	// LearnedUntil.
+	Learned      []Limit
+	LearnedUntil time.Time
+}
+
+// LimitState is the use of one limit of a key.
+type LimitState struct {
+	Limit Limit
+	// Used counts the requests sent (or on their way) in the window that
+	// ends at KeyState.Now.
+	Used int
+	// NextFree is the earliest time at which one more request could leave
+	// under this limit alone: KeyState.Now when it could leave now.
+	NextFree time.Time
+}
+
+// Inspector is implemented by stores that can describe a key.
+type Inspector interface {
+	// Inspect returns the state of key under limits (the caller's limits
+	// for it). A key the store does not know is returned empty.
+	Inspect(ctx context.Context, key string, limits []Limit) (KeyState, error)
+}
