@@ -180,15 +180,15 @@ func TestQueueModeHoldsUntilTheSlotThenBoundsTheQueue(t *testing.T) {
 	get(t, c, "http://api.test/", "k")
 	// Two may wait (slots at ~1s); the next would wait ~2s > max_wait.
 	type result struct {
-		code int
+		answer
 		took time.Duration
-		h    http.Header
+		err  error
 	}
 	results := make(chan result, 3)
 	for range 2 {
 		go func() {
-			code, _, _ := get(t, c, "http://api.test/", "k")
-			results <- result{code, time.Since(start), nil}
+			a, err := fetch(c, "http://api.test/", "k")
+			results <- result{a, time.Since(start), err}
 		}()
 	}
 	time.Sleep(200 * time.Millisecond) // both are queued now
@@ -201,6 +201,9 @@ func TestQueueModeHoldsUntilTheSlotThenBoundsTheQueue(t *testing.T) {
 	}
 	for range 2 {
 		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
 		if r.code != 200 {
 			t.Fatalf("queued request: status %d, want 200", r.code)
 		}
@@ -218,15 +221,15 @@ func TestMaxQueueRefusesTheExtraWaiter(t *testing.T) {
 	p := startProxy(t, upstreamYAML(rec, "limits: [1/1s]\nwindow_margin: 10ms\nmax_wait: 10s\nmax_queue: 1\n"))
 	c := p.client()
 	get(t, c, "http://api.test/", "k")
-	done := make(chan int, 1)
-	go func() { code, _, _ := get(t, c, "http://api.test/", "k"); done <- code }()
+	done := make(chan error, 1)
+	go func() { done <- wantStatus(c, "http://api.test/", "k", 200) }()
 	time.Sleep(150 * time.Millisecond)
 	code, body, _ := get(t, c, "http://api.test/", "k")
 	if code != http.StatusTooManyRequests || !strings.Contains(body, "max_queue") {
 		t.Fatalf("second waiter: %d %s, want 429 naming max_queue", code, body)
 	}
-	if code := <-done; code != 200 {
-		t.Fatalf("first waiter: %d", code)
+	if err := <-done; err != nil {
+		t.Fatalf("first waiter: %v", err)
 	}
 }
 
@@ -468,16 +471,16 @@ func TestShutdownWaitsForQueuedRequests(t *testing.T) {
 	p := startProxy(t, upstreamYAML(rec, "limits: [1/500ms]\nwindow_margin: 10ms\n"))
 	c := p.client()
 	get(t, c, "http://api.test/", "k")
-	done := make(chan int, 1)
-	go func() { code, _, _ := get(t, c, "http://api.test/", "k"); done <- code }()
+	done := make(chan error, 1)
+	go func() { done <- wantStatus(c, "http://api.test/", "k", 200) }()
 	time.Sleep(100 * time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	if err := p.srv.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("shutdown: %v", err)
 	}
-	if code := <-done; code != 200 {
-		t.Fatalf("queued request during shutdown: %d, want 200", code)
+	if err := <-done; err != nil {
+		t.Fatalf("queued request during shutdown: %v", err)
 	}
 }
 

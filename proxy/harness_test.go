@@ -289,20 +289,56 @@ func indent(s, prefix string) string {
 	return strings.Join(lines, "\n") + "\n"
 }
 
-// get sends one GET with an apikey and returns status, body and header.
-func get(t *testing.T, c *http.Client, rawURL, key string) (int, string, http.Header) {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, rawURL, nil)
+// answer is what a client got back.
+type answer struct {
+	code   int
+	body   string
+	header http.Header
+}
+
+// fetch sends one GET with an apikey and returns the answer. It never
+// touches the test, so goroutines call it and hand the error back.
+func fetch(c *http.Client, rawURL, key string) (answer, error) {
+	req, err := http.NewRequest(http.MethodGet, rawURL, nil)
+	if err != nil {
+		return answer{}, err
+	}
 	if key != "" {
 		req.Header.Set("apikey", key)
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		t.Fatalf("GET %s: %v", rawURL, err)
+		return answer{}, fmt.Errorf("GET %s: %w", rawURL, err)
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body), resp.Header
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return answer{}, fmt.Errorf("GET %s: reading the body: %w", rawURL, err)
+	}
+	return answer{resp.StatusCode, string(body), resp.Header}, nil
+}
+
+// get is fetch for the test's own goroutine: it fails the test on error.
+func get(t *testing.T, c *http.Client, rawURL, key string) (int, string, http.Header) {
+	t.Helper()
+	a, err := fetch(c, rawURL, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.code, a.body, a.header
+}
+
+// wantStatus fetches rawURL and returns an error unless the answer has
+// status want.
+func wantStatus(c *http.Client, rawURL, key string, want int) error {
+	a, err := fetch(c, rawURL, key)
+	if err != nil {
+		return err
+	}
+	if a.code != want {
+		return fmt.Errorf("GET %s: status %d (%s), want %d", rawURL, a.code, strings.TrimSpace(a.body), want)
+	}
+	return nil
 }
 
 // maxInWindow is the largest number of times in any half-open interval
