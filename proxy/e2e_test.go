@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -50,21 +51,24 @@ func TestForwardsRequestAndResponseUntouched(t *testing.T) {
 	}
 }
 
-// TestAnyWindowBoundAndUtilization is the promise: with 30 clients pushing
-// one key, the upstream never sees more than N in any window W, and it
-// receives at least 95% of N per W.
+// TestAnyWindowBoundOnRealConnections is the promise over real sockets,
+// plain and intercepted: with 30 clients pushing one key, the upstream
+// never receives more than N requests in any window W.
 //
-// The window margin (120ms here, 3% of W) absorbs the time between the
-// proxy writing a request and the upstream's handler reading its clock,
-// which under -race on two busy cores reaches 70ms (on a real network: the
-// one-way latency to the vendor).
-func TestAnyWindowBoundAndUtilization(t *testing.T) {
-	const n, w, windows, clients = 20, 4 * time.Second, 2, 30
+// Arrivals are the kernel's receive times (see kerneltime_test.go), not
+// the handler's clock: under load the Go scheduler can run the recorder's
+// handler 100-300 ms after its request arrived, which once made this test
+// count 24 requests in a window the kernel saw 20 in (and the proxy's own
+// send times kept W + margin apart). Utilization, which depends on how
+// promptly a loaded machine runs the proxy, is asserted on an exact clock
+// in TestSimAnyWindowBoundAndUtilization and measured by the benchmarks.
+func TestAnyWindowBoundOnRealConnections(t *testing.T) {
+	const n, w, windows, clients = 20, 2 * time.Second, 2, 30
 	for _, sc := range schemes {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
 			rec := newRecorder(t, sc.tls)
-			p := startProxy(t, upstreamYAML(rec, fmt.Sprintf("limits: [%d/%v]\nwindow_margin: 120ms\n", n, w)))
+			p := startProxy(t, upstreamYAML(rec, fmt.Sprintf("limits: [%d/%v]\n", n, w)))
 			c := p.client()
 			ctx, cancel := context.WithTimeout(context.Background(), windows*w+300*time.Millisecond)
 			defer cancel()
@@ -97,36 +101,28 @@ func TestAnyWindowBoundAndUtilization(t *testing.T) {
 			refused.Range(func(k, v any) bool { t.Errorf("client %v got status %v in queue mode", k, v); return true })
 
 			ts := rec.arrivals("shared-key")
-			if len(ts) < 2*n {
-				t.Fatalf("upstream saw %d requests, want at least %d", len(ts), 2*n)
+			if len(ts) <= n {
+				t.Fatalf("upstream saw %d requests, want more than %d: the test did not saturate the key", len(ts), n)
 			}
 			if got := maxInWindow(ts, w); got > n {
-				t.Errorf("upstream saw %d requests within %v; limit is %d", got, w, n)
-				for i := n; i < len(ts); i++ {
-					if gap := ts[i].Sub(ts[i-n]); gap < w {
-						t.Logf("arrivals %d at +%v and %d at +%v are %v apart", i-n, ts[i-n].Sub(ts[0]), i, ts[i].Sub(ts[0]), gap)
-					}
-				}
+				t.Errorf("upstream received %d requests within %v; limit is %d%s", got, w, n, windowViolations(ts, n, w))
 			}
-			// Utilization: under saturation request i+N follows request i
-			// by W; the mean of those gaps gives the rate achieved.
-			var sum time.Duration
-			for i := n; i < len(ts); i++ {
-				sum += ts[i].Sub(ts[i-n])
+			var lag time.Duration
+			for _, h := range rec.all() {
+				lag = max(lag, h.seen.Sub(h.at))
 			}
-			meanGap := sum / time.Duration(len(ts)-n)
-			util := float64(w) / float64(meanGap)
-			if util < 0.95 {
-				t.Errorf("utilization %.3f (mean gap between request i and i+%d: %v), want >= 0.95", util, n, meanGap)
-			}
-			t.Logf("%d requests; max in any %v window %d (limit %d); utilization %.3f", len(ts), w, maxInWindow(ts, w), n, util)
+			t.Logf("%d requests; max in any %v window %d (limit %d); the handler ran at most %v after the kernel received a request", len(ts), w, maxInWindow(ts, w), n, lag)
 		})
 	}
 }
 
 func TestRejectModeAnswers429WithTruthfulRetryAfter(t *testing.T) {
-	rec := newRecorder(t, false)
-	p := startProxy(t, upstreamYAML(rec, "limits: [3/1s, 100/1m]\nmode: reject\nwindow_margin: 10ms\n"))
+	runSim(t, testRejectModeAnswers429WithTruthfulRetryAfter)
+}
+
+func testRejectModeAnswers429WithTruthfulRetryAfter(t *testing.T, s *sim) {
+	rec := s.recorder("upstream.test:80", false)
+	p := s.proxy(simUpstreamYAML(rec.addr(), "limits: [3/1s, 100/1m]\nmode: reject\nwindow_margin: 10ms\n"))
 	c := p.client()
 	for i := range 3 {
 		if code, _, _ := get(t, c, "http://api.test/a", "k"); code != 200 {
@@ -138,8 +134,8 @@ func TestRejectModeAnswers429WithTruthfulRetryAfter(t *testing.T) {
 		t.Fatalf("fourth request: status %d, want 429", code)
 	}
 	secs, err := strconv.Atoi(h.Get("Retry-After"))
-	if err != nil || secs < 1 || secs > 2 {
-		t.Fatalf("Retry-After %q, want an integer in [1, 2]", h.Get("Retry-After"))
+	if err != nil || secs != 2 {
+		t.Fatalf("Retry-After %q, want 2 (the slot is 1.01s away, rounded up)", h.Get("Retry-After"))
 	}
 	if got, want := h.Get("RateLimit-Policy"), `"3/1s";q=3;w=1, "100/1m";q=100;w=60`; got != want {
 		t.Errorf("RateLimit-Policy %q, want %q", got, want)
@@ -172,65 +168,66 @@ func TestRejectModeAnswers429WithTruthfulRetryAfter(t *testing.T) {
 }
 
 func TestQueueModeHoldsUntilTheSlotThenBoundsTheQueue(t *testing.T) {
-	rec := newRecorder(t, false)
-	p := startProxy(t, upstreamYAML(rec, "limits: [2/1s]\nwindow_margin: 10ms\nmax_wait: 1500ms\nmax_queue: 2\n"))
-	c := p.client()
-	start := time.Now()
-	get(t, c, "http://api.test/", "k")
-	get(t, c, "http://api.test/", "k")
-	// Two may wait (slots at ~1s); the next would wait ~2s > max_wait.
-	type result struct {
-		answer
-		took time.Duration
-		err  error
-	}
-	results := make(chan result, 3)
-	for range 2 {
-		go func() {
-			a, err := fetch(c, "http://api.test/", "k")
-			results <- result{a, time.Since(start), err}
-		}()
-	}
-	time.Sleep(200 * time.Millisecond) // both are queued now
-	code, _, h := get(t, c, "http://api.test/", "k")
-	if code != http.StatusTooManyRequests {
-		t.Fatalf("request beyond max_wait: status %d, want 429", code)
-	}
-	if ra, _ := strconv.Atoi(h.Get("Retry-After")); ra != 2 {
-		t.Errorf("Retry-After %q, want 2 (the first free slot is ~1.8s away)", h.Get("Retry-After"))
-	}
-	for range 2 {
-		r := <-results
-		if r.err != nil {
-			t.Fatal(r.err)
+	runSim(t, func(t *testing.T, s *sim) {
+		rec := s.recorder("upstream.test:80", false)
+		p := s.proxy(simUpstreamYAML(rec.addr(), "limits: [2/1s]\nwindow_margin: 10ms\nmax_wait: 1500ms\nmax_queue: 2\n"))
+		c := p.client()
+		start := time.Now()
+		get(t, c, "http://api.test/", "k")
+		get(t, c, "http://api.test/", "k")
+		// Two may wait (slots at 1.01s); the next would wait 2.02s > max_wait.
+		type result struct {
+			answer
+			took time.Duration
+			err  error
 		}
-		if r.code != 200 {
-			t.Fatalf("queued request: status %d, want 200", r.code)
+		results := make(chan result, 2)
+		for range 2 {
+			go func() {
+				a, err := fetch(c, "http://api.test/", "k")
+				results <- result{a, time.Since(start), err}
+			}()
 		}
-		if r.took < time.Second {
-			t.Errorf("queued request finished after %v, before its slot at 1s", r.took)
+		synctest.Wait() // both are queued now
+		code, _, h := get(t, c, "http://api.test/", "k")
+		if code != http.StatusTooManyRequests {
+			t.Fatalf("request beyond max_wait: status %d, want 429", code)
 		}
-	}
-	if got := maxInWindow(rec.arrivals("k"), time.Second); got > 2 {
-		t.Errorf("upstream saw %d within 1s, limit 2", got)
-	}
+		if ra, _ := strconv.Atoi(h.Get("Retry-After")); ra != 3 {
+			t.Errorf("Retry-After %q, want 3 (the first free slot is 2.02s away)", h.Get("Retry-After"))
+		}
+		for range 2 {
+			r := <-results
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if r.code != 200 || r.took != 1010*time.Millisecond {
+				t.Errorf("queued request: status %d after %v, want 200 at its slot, 1.01s", r.code, r.took)
+			}
+		}
+		if ts := rec.arrivals("k"); maxInWindow(ts, time.Second) > 2 || len(ts) != 4 {
+			t.Errorf("upstream saw %d requests, at most %d within 1s; want 4, at most 2", len(ts), maxInWindow(ts, time.Second))
+		}
+	})
 }
 
 func TestMaxQueueRefusesTheExtraWaiter(t *testing.T) {
-	rec := newRecorder(t, false)
-	p := startProxy(t, upstreamYAML(rec, "limits: [1/1s]\nwindow_margin: 10ms\nmax_wait: 10s\nmax_queue: 1\n"))
-	c := p.client()
-	get(t, c, "http://api.test/", "k")
-	done := make(chan error, 1)
-	go func() { done <- wantStatus(c, "http://api.test/", "k", 200) }()
-	time.Sleep(150 * time.Millisecond)
-	code, body, _ := get(t, c, "http://api.test/", "k")
-	if code != http.StatusTooManyRequests || !strings.Contains(body, "max_queue") {
-		t.Fatalf("second waiter: %d %s, want 429 naming max_queue", code, body)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("first waiter: %v", err)
-	}
+	runSim(t, func(t *testing.T, s *sim) {
+		rec := s.recorder("upstream.test:80", false)
+		p := s.proxy(simUpstreamYAML(rec.addr(), "limits: [1/1s]\nwindow_margin: 10ms\nmax_wait: 10s\nmax_queue: 1\n"))
+		c := p.client()
+		get(t, c, "http://api.test/", "k")
+		done := make(chan error, 1)
+		go func() { done <- wantStatus(c, "http://api.test/", "k", 200) }()
+		synctest.Wait() // the first waiter is queued
+		code, body, _ := get(t, c, "http://api.test/", "k")
+		if code != http.StatusTooManyRequests || !strings.Contains(body, "max_queue") {
+			t.Fatalf("second waiter: %d %s, want 429 naming max_queue", code, body)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("first waiter: %v", err)
+		}
+	})
 }
 
 // TestClientDisconnectWhileQueuedGivesTheSlotBack: a queued client that
@@ -238,41 +235,42 @@ func TestMaxQueueRefusesTheExtraWaiter(t *testing.T) {
 func TestClientDisconnectWhileQueuedGivesTheSlotBack(t *testing.T) {
 	for _, sc := range schemes {
 		t.Run(sc.name, func(t *testing.T) {
-			rec := newRecorder(t, sc.tls)
-			p := startProxy(t, upstreamYAML(rec, "limits: [1/1s]\nwindow_margin: 10ms\n"))
-			c := p.client()
-			start := time.Now()
-			if code, _, _ := get(t, c, sc.prefix+"/a", "k"); code != 200 {
-				t.Fatalf("first request: %d", code)
-			}
-			// B queues for the slot at ~1s, then gives up after 300ms.
-			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-			defer cancel()
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, sc.prefix+"/b", nil)
-			req.Header.Set("apikey", "k")
-			if resp, err := c.Do(req); err == nil {
-				resp.Body.Close()
-				t.Fatalf("B was answered (%d) before its slot", resp.StatusCode)
-			}
-			time.Sleep(100 * time.Millisecond) // let the proxy notice
-			// C arrives at ~0.4s and must get B's slot at ~1s, not 2s.
-			if code, _, _ := get(t, c, sc.prefix+"/c", "k"); code != 200 {
-				t.Fatalf("C: %d", code)
-			}
-			took := time.Since(start)
-			if took > 1600*time.Millisecond {
-				t.Errorf("C finished after %v: B's slot was not given back", took)
-			}
-			var paths []string
-			for _, h := range rec.all() {
-				paths = append(paths, h.path)
-			}
-			if strings.Join(paths, ",") != "/a,/c" {
-				t.Errorf("upstream saw %v, want [/a /c]: a client that left must consume nothing", paths)
-			}
-			if !strings.Contains(p.logs.String(), `"decision":"client_gone"`) {
-				t.Errorf("no client_gone decision logged")
-			}
+			runSim(t, func(t *testing.T, s *sim) {
+				rec := s.recorder("upstream.test:443", sc.tls)
+				p := s.proxy(simUpstreamYAML(rec.addr(), "limits: [1/1s]\nwindow_margin: 10ms\n"))
+				c := p.client()
+				start := time.Now()
+				if code, _, _ := get(t, c, sc.prefix+"/a", "k"); code != 200 {
+					t.Fatalf("first request: %d", code)
+				}
+				// B queues for the slot at 1.01s, then gives up after 300ms.
+				ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+				defer cancel()
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, sc.prefix+"/b", nil)
+				req.Header.Set("apikey", "k")
+				if resp, err := c.Do(req); err == nil {
+					resp.Body.Close()
+					t.Fatalf("B was answered (%d) before its slot", resp.StatusCode)
+				}
+				time.Sleep(100 * time.Millisecond) // the proxy notices
+				// C arrives at 0.4s and must get B's slot at 1.01s, not 2.02s.
+				if code, _, _ := get(t, c, sc.prefix+"/c", "k"); code != 200 {
+					t.Fatalf("C: %d", code)
+				}
+				if took := time.Since(start); took != 1010*time.Millisecond {
+					t.Errorf("C finished after %v, want 1.01s: B's slot was not given back", took)
+				}
+				var paths []string
+				for _, h := range rec.all() {
+					paths = append(paths, h.path)
+				}
+				if strings.Join(paths, ",") != "/a,/c" {
+					t.Errorf("upstream saw %v, want [/a /c]: a client that left must consume nothing", paths)
+				}
+				if !strings.Contains(p.logs.String(), `"decision":"client_gone"`) {
+					t.Errorf("no client_gone decision logged")
+				}
+			})
 		})
 	}
 }
@@ -487,40 +485,38 @@ func TestShutdownWaitsForQueuedRequests(t *testing.T) {
 // TestTunnelIdleCountsBothDirections: a tunnel carrying a one-way stream is
 // not idle, however quiet the other direction.
 func TestTunnelIdleCountsBothDirections(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
+	runSim(t, func(t *testing.T, s *sim) {
+		ln := s.net.Listen("stream.test:9000")
+		defer ln.Close()
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			for i := range 20 { // one byte every 50ms for a second
+				c.Write([]byte{byte('a' + i)})
+				time.Sleep(50 * time.Millisecond)
+			}
+		}()
+		p := s.proxy("timeouts: {tunnel_idle: 200ms}\n" + simUpstreamYAML("upstream.test:80", ""))
+		conn, err := s.net.Dial(context.Background(), "tcp", p.addr)
 		if err != nil {
-			return
+			t.Fatal(err)
 		}
-		defer c.Close()
-		for i := range 20 { // one byte every 50ms for a second
-			c.Write([]byte{byte('a' + i)})
-			time.Sleep(50 * time.Millisecond)
+		defer conn.Close()
+		go fmt.Fprintf(conn, "CONNECT stream.test:9000 HTTP/1.1\r\nHost: stream.test:9000\r\n\r\n")
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: %v %v", resp, err)
 		}
-	}()
-	rec := newRecorder(t, false)
-	p := startProxy(t, "timeouts: {tunnel_idle: 200ms}\n"+upstreamYAML(rec, ""))
-	conn, err := net.Dial("tcp", p.url.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", ln.Addr(), ln.Addr())
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("CONNECT: %v %v", resp, err)
-	}
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	got, _ := io.ReadAll(br)
-	if len(got) != 20 {
-		t.Fatalf("one-way stream through the tunnel: got %d of 20 bytes (%q)", len(got), got)
-	}
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, _ := io.ReadAll(br)
+		if len(got) != 20 {
+			t.Fatalf("one-way stream through the tunnel: got %d of 20 bytes (%q)", len(got), got)
+		}
+	})
 }
 
 // TestStreamedResponsesAreNotHeldBack: server-sent events (LLM APIs stream

@@ -58,6 +58,14 @@ func getPKI(t testing.TB) testPKI {
 	return pki
 }
 
+// The test PKI is valid from before a simulation's fake clock starts
+// (2000-01-01) until long after the real one: the same certificates serve
+// both kinds of test.
+var (
+	pkiNotBefore = time.Date(1999, 1, 1, 0, 0, 0, 0, time.UTC)
+	pkiNotAfter  = time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
 func makePKI() (testPKI, error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -65,7 +73,7 @@ func makePKI() (testPKI, error) {
 	}
 	caTmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "upstream test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		NotBefore: pkiNotBefore, NotAfter: pkiNotAfter,
 		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
 	}
 	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
@@ -76,7 +84,7 @@ func makePKI() (testPKI, error) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "api.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		NotBefore: pkiNotBefore, NotAfter: pkiNotAfter,
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames: []string{"api.test", "other.test"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
 	}
@@ -97,8 +105,9 @@ func makePKI() (testPKI, error) {
 
 // hit is one request as the recording upstream saw it.
 type hit struct {
-	at     time.Time
-	key    string // the value of the apikey header, or of X-Test-Key
+	at     time.Time // when the request reached the machine (kernel receive time)
+	seen   time.Time // when the handler read its clock (later under load)
+	key    string    // the value of the apikey header, or of X-Test-Key
 	path   string
 	header http.Header
 }
@@ -106,7 +115,8 @@ type hit struct {
 // recorder is an upstream that records every arrival and every new
 // connection.
 type recorder struct {
-	srv      *httptest.Server
+	srv      *httptest.Server // nil in a simulation
+	address  string
 	mu       sync.Mutex
 	hits     []hit
 	newConns atomic.Int64
@@ -116,41 +126,53 @@ type recorder struct {
 func newRecorder(t *testing.T, useTLS bool) *recorder {
 	t.Helper()
 	rec := &recorder{}
-	rec.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		now := time.Now()
-		io.Copy(io.Discard, r.Body)
-		key := r.Header.Get("apikey")
-		if key == "" {
-			key = r.Header.Get("X-Test-Key")
-		}
-		rec.mu.Lock()
-		rec.hits = append(rec.hits, hit{at: now, key: key, path: r.URL.Path, header: r.Header.Clone()})
-		rec.mu.Unlock()
-		if d := rec.delay.Load(); d > 0 {
-			select {
-			case <-time.After(time.Duration(d)):
-			case <-r.Context().Done():
-			}
-		}
-		w.Header().Set("Content-Type", "text/plain")
-		fmt.Fprintf(w, "hello %s", r.URL.Path)
-	}))
-	rec.srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			rec.newConns.Add(1)
-		}
-	}
+	rec.srv = httptest.NewUnstartedServer(http.HandlerFunc(rec.serve))
+	rec.srv.Config.ConnState = rec.countConns
+	rec.srv.Listener = stampListener{rec.srv.Listener}
+	rec.srv.Config.ConnContext = stampContext
 	if useTLS {
 		rec.srv.TLS = &tls.Config{Certificates: []tls.Certificate{getPKI(t).server}}
 		rec.srv.StartTLS()
 	} else {
 		rec.srv.Start()
 	}
+	rec.address = rec.srv.Listener.Addr().String()
 	t.Cleanup(rec.srv.Close)
 	return rec
 }
 
-func (rec *recorder) addr() string { return rec.srv.Listener.Addr().String() }
+// serve records the request and answers "hello PATH".
+func (rec *recorder) serve(w http.ResponseWriter, r *http.Request) {
+	now := time.Now()
+	at, ok := kernelReceived(r.Context())
+	if !ok {
+		at = now
+	}
+	io.Copy(io.Discard, r.Body)
+	key := r.Header.Get("apikey")
+	if key == "" {
+		key = r.Header.Get("X-Test-Key")
+	}
+	rec.mu.Lock()
+	rec.hits = append(rec.hits, hit{at: at, seen: now, key: key, path: r.URL.Path, header: r.Header.Clone()})
+	rec.mu.Unlock()
+	if d := rec.delay.Load(); d > 0 {
+		select {
+		case <-time.After(time.Duration(d)):
+		case <-r.Context().Done():
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	fmt.Fprintf(w, "hello %s", r.URL.Path)
+}
+
+func (rec *recorder) countConns(_ net.Conn, s http.ConnState) {
+	if s == http.StateNew {
+		rec.newConns.Add(1)
+	}
+}
+
+func (rec *recorder) addr() string { return rec.address }
 
 func (rec *recorder) arrivals(key string) []time.Time {
 	rec.mu.Lock()
@@ -207,6 +229,11 @@ func startProxy(t *testing.T, yamlText string) *running { return startProxyB(t, 
 
 // startProxyB is startProxy for tests and benchmarks.
 func startProxyB(t testing.TB, yamlText string) *running {
+	return startProxyStore(t, yamlText, quota.NewMemoryStore(nil))
+}
+
+// startProxyStore is startProxy with the given quota store.
+func startProxyStore(t testing.TB, yamlText string, store quota.Store) *running {
 	t.Helper()
 	dir := t.TempDir()
 	full := fmt.Sprintf("data_dir: %s\nupstream_roots: [%s]\n%s", dir, getPKI(t).caFile, yamlText)
@@ -220,7 +247,7 @@ func startProxyB(t testing.TB, yamlText string) *running {
 		level = zapcore.WarnLevel
 	}
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), logs, level))
-	srv, err := proxy.New(cfg, proxy.Options{Log: log, Store: quota.NewMemoryStore(nil)})
+	srv, err := proxy.New(cfg, proxy.Options{Log: log, Store: store})
 	if err != nil {
 		t.Fatal(err)
 	}
