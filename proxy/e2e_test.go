@@ -109,6 +109,9 @@ func TestAnyWindowBoundOnRealConnections(t *testing.T) {
 			}
 			var lag time.Duration
 			for _, h := range rec.all() {
+				if !h.stamped {
+					t.Errorf("request %s arrived without a kernel timestamp: its arrival time is the handler's, not the machine's", h.path)
+				}
 				lag = max(lag, h.seen.Sub(h.at))
 			}
 			t.Logf("%d requests; max in any %v window %d (limit %d); the handler ran at most %v after the kernel received a request", len(ts), w, maxInWindow(ts, w), n, lag)

@@ -105,11 +105,12 @@ func makePKI() (testPKI, error) {
 
 // hit is one request as the recording upstream saw it.
 type hit struct {
-	at     time.Time // when the request reached the machine (kernel receive time)
-	seen   time.Time // when the handler read its clock (later under load)
-	key    string    // the value of the apikey header, or of X-Test-Key
-	path   string
-	header http.Header
+	at      time.Time // when the request reached the machine (kernel receive time)
+	seen    time.Time // when the handler read its clock (later under load)
+	stamped bool      // at is the kernel's time (else the handler's)
+	key     string    // the value of the apikey header, or of X-Test-Key
+	path    string
+	header  http.Header
 }
 
 // recorder is an upstream that records every arrival and every new
@@ -144,8 +145,8 @@ func newRecorder(t *testing.T, useTLS bool) *recorder {
 // serve records the request and answers "hello PATH".
 func (rec *recorder) serve(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
-	at, ok := kernelReceived(r.Context())
-	if !ok {
+	at, stamped := kernelReceived(r.Context())
+	if !stamped {
 		at = now
 	}
 	io.Copy(io.Discard, r.Body)
@@ -154,7 +155,7 @@ func (rec *recorder) serve(w http.ResponseWriter, r *http.Request) {
 		key = r.Header.Get("X-Test-Key")
 	}
 	rec.mu.Lock()
-	rec.hits = append(rec.hits, hit{at: at, seen: now, key: key, path: r.URL.Path, header: r.Header.Clone()})
+	rec.hits = append(rec.hits, hit{at: at, seen: now, stamped: stamped, key: key, path: r.URL.Path, header: r.Header.Clone()})
 	rec.mu.Unlock()
 	if d := rec.delay.Load(); d > 0 {
 		select {

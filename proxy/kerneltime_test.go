@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync/atomic"
@@ -19,11 +20,33 @@ import (
 // proxy's write was still in its system call), whatever the scheduler does
 // afterwards.
 
+// The kernel stamps a packet as it arrives only while some socket of the
+// machine asks for timestamps (it switches stamping off when the last such
+// socket closes, and on again with a delay). A packet that arrived while it
+// was off is stamped when it is read, which is the late time this harness
+// exists to avoid: so the test binary keeps one socket asking for
+// timestamps open for its whole life, from before any recorder starts.
+var keepStamping = func() error {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM, 0)
+	if err != nil {
+		return err
+	}
+	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TIMESTAMPNS, 1); err != nil {
+		syscall.Close(fd)
+		return err
+	}
+	time.Sleep(50 * time.Millisecond) // the kernel switches stamping on asynchronously
+	return nil                        // fd stays open until the process exits
+}()
+
 // stampListener accepts connections that report the kernel receive time
 // of the bytes they read.
 type stampListener struct{ net.Listener }
 
 func (l stampListener) Accept() (net.Conn, error) {
+	if keepStamping != nil {
+		return nil, fmt.Errorf("kernel receive timestamps: %w", keepStamping)
+	}
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
@@ -75,14 +98,15 @@ func (c *stampConn) Read(p []byte) (int, error) {
 	if n == 0 {
 		return 0, io.EOF
 	}
+	var stamp int64 // zero: this read came without a timestamp
 	if msgs, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
 		for _, m := range msgs {
 			if m.Header.Level == syscall.SOL_SOCKET && m.Header.Type == syscall.SO_TIMESTAMPNS && len(m.Data) >= int(unsafe.Sizeof(syscall.Timespec{})) {
-				ts := (*syscall.Timespec)(unsafe.Pointer(&m.Data[0]))
-				c.last.Store(ts.Nano())
+				stamp = (*syscall.Timespec)(unsafe.Pointer(&m.Data[0])).Nano()
 			}
 		}
 	}
+	c.last.Store(stamp)
 	return n, nil
 }
 
