@@ -240,6 +240,7 @@ func (s *Server) send(req *http.Request, x *exchange, gates []*gate, n int) (tim
 	a := &x.first
 	if n > 1 {
 		a = &attempt{s: s, start: x.start}
+		a.trace.GotConn = a.gotConn
 		a.trace.WroteRequest = a.wroteRequest
 		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &a.trace))
 	}
@@ -265,13 +266,26 @@ type attempt struct {
 	start  time.Time    // the exchange's start
 	sentAt atomic.Int64 // time written, since start; 0 until then
 	trace  httptrace.ClientTrace
+	conn   atomic.Pointer[sentConn] // the upstream connection, once known
 }
 
-func (a *attempt) wroteRequest(httptrace.WroteRequestInfo) { a.settle() }
+func (a *attempt) gotConn(info httptrace.GotConnInfo) { a.conn.Store(findSentConn(info.Conn)) }
+
+// wroteRequest settles once the request's bytes have left the connection's
+// buffer (see sentConn), or now on a connection that cannot tell.
+func (a *attempt) wroteRequest(httptrace.WroteRequestInfo) {
+	if c := a.conn.Load(); c != nil {
+		c.afterNextWrite(a.settleAt)
+		return
+	}
+	a.settle()
+}
 
 // settle settles every gate not yet settled or cancelled with the time now.
-func (a *attempt) settle() {
-	now := time.Now()
+func (a *attempt) settle() { a.settleAt(time.Now()) }
+
+// settleAt settles every gate not yet settled or cancelled with now.
+func (a *attempt) settleAt(now time.Time) {
 	a.sentAt.CompareAndSwap(0, max(int64(now.Sub(a.start)), 1))
 	for _, g := range a.gates {
 		if g.done.CompareAndSwap(false, true) {

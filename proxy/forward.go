@@ -40,6 +40,7 @@ var hopHeaders = [...]string{
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 	x.first = attempt{s: s, start: x.start}
 	x.first.trace.Got1xxResponse = x.forward1xx
+	x.first.trace.GotConn = x.first.gotConn
 	x.first.trace.WroteRequest = x.first.wroteRequest
 	ctx := httptrace.WithClientTrace(r.Context(), &x.first.trace)
 	if isUpgrade(r.Header) {

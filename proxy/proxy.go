@@ -230,7 +230,11 @@ func newTransport(cfg *config.Config, roots *x509.CertPool, connectTo map[string
 			} else if to, ok := connectTo[strings.ToLower(hostOnly(addr))]; ok {
 				addr = to
 			}
-			return dial(ctx, network, addr)
+			c, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &sentConn{Conn: c}, nil
 		},
 		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
 		ForceAttemptHTTP2:     true,

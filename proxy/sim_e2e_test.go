@@ -4,10 +4,15 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
+
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
 )
 
 // TestSimAnyWindowBoundAndUtilization is the promise on an exact clock:
@@ -69,4 +74,54 @@ func TestSimAnyWindowBoundAndUtilization(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestSendTimeIsWhenTheBytesLeave: net/http reports a request written
+// (WroteRequest) when it sits in the connection's buffer, before the flush.
+// The first request's flush is held up for 300ms here (a preempted
+// goroutine on a loaded machine); the next request of the key must still
+// reach the upstream a full window after the first one did.
+func TestSendTimeIsWhenTheBytesLeave(t *testing.T) {
+	runSim(t, func(t *testing.T, s *sim) {
+		rec := s.recorder("upstream.test:80", false)
+		var writes atomic.Int64
+		slowFirst := func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := s.net.Dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &delayedConn{Conn: c, delay: func() time.Duration {
+				if writes.Add(1) == 1 {
+					return 300 * time.Millisecond
+				}
+				return 0
+			}}, nil
+		}
+		p := s.proxyDial(simUpstreamYAML(rec.addr(), "limits: [1/1s]\nwindow_margin: 10ms\n"), quota.NewMemoryStore(nil), slowFirst)
+		c := p.client()
+		done := make(chan error, 1)
+		go func() { done <- wantStatus(c, "http://api.test/a", "k", 200) }()
+		synctest.Wait() // the first request is in its slow flush
+		if err := wantStatus(c, "http://api.test/b", "k", 200); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		ts := rec.arrivals("k")
+		if len(ts) != 2 || ts[1].Sub(ts[0]) < time.Second {
+			t.Fatalf("arrivals %v: want two, a full second apart (the first was sent when its flush ended)", ts)
+		}
+	})
+}
+
+// delayedConn waits before each Write for as long as delay says.
+type delayedConn struct {
+	net.Conn
+	delay func() time.Duration
+}
+
+func (c *delayedConn) Write(p []byte) (int, error) {
+	time.Sleep(c.delay())
+	return c.Conn.Write(p)
 }

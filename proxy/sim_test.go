@@ -85,6 +85,11 @@ func (s *sim) proxy(yamlText string) *simProxy {
 
 // proxyWith starts the proxy with the given store.
 func (s *sim) proxyWith(yamlText string, store quota.Store) *simProxy {
+	return s.proxyDial(yamlText, store, s.net.Dial)
+}
+
+// proxyDial starts the proxy with the given store and upstream dialer.
+func (s *sim) proxyDial(yamlText string, store quota.Store, dial func(context.Context, string, string) (net.Conn, error)) *simProxy {
 	t := s.t
 	t.Helper()
 	cfg, err := config.Parse("sim.yaml", []byte(fmt.Sprintf("data_dir: %s\nupstream_roots: [%s]\n%s", t.TempDir(), getPKI(t).caFile, yamlText)))
@@ -93,7 +98,7 @@ func (s *sim) proxyWith(yamlText string, store quota.Store) *simProxy {
 	}
 	logs := &syncBuffer{}
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), logs, zapcore.DebugLevel))
-	srv, err := proxy.New(cfg, proxy.Options{Log: log, Store: store, Dial: s.net.Dial})
+	srv, err := proxy.New(cfg, proxy.Options{Log: log, Store: store, Dial: dial})
 	if err != nil {
 		t.Fatal(err)
 	}
