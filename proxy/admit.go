@@ -10,6 +10,7 @@ import (
 	"net/http/httptrace"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,8 +25,70 @@ import (
 type gate struct {
 	key    string
 	limits []quota.Limit
-	res    quota.Reservation
-	done   atomic.Bool // settled or cancelled
+	res    quota.Reservation // as admitted; not changed once the request is sent
+
+	mu   sync.Mutex
+	end  gateEnd
+	sent quota.Reservation // the reservation as last settled
+}
+
+// gateEnd is how a gate's reservation ended.
+type gateEnd uint8
+
+const (
+	gateOpen gateEnd = iota
+	gateSettled
+	gateCancelled
+)
+
+// settle records that the request left at sentAt: once, or again later
+// when net/http wrote it a second time (a reused connection turned out
+// closed), so that the store counts the later write, which is the one the
+// upstream counted. A cancelled gate stays cancelled.
+func (g *gate) settle(s *Server, sentAt time.Time) { g.settleIf(s, sentAt, false) }
+
+// settleOpen settles the gate at sentAt if nothing settled or cancelled
+// it yet.
+func (g *gate) settleOpen(s *Server, sentAt time.Time) { g.settleIf(s, sentAt, true) }
+
+func (g *gate) settleIf(s *Server, sentAt time.Time, onlyOpen bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	r := g.res
+	switch g.end {
+	case gateCancelled:
+		return
+	case gateSettled:
+		if onlyOpen || !sentAt.After(g.sent.Sent) {
+			return
+		}
+		r = g.sent
+	}
+	ctx, cancel := s.storeContext(context.Background())
+	defer cancel()
+	r, err := s.store.Settle(ctx, r, sentAt)
+	if err != nil {
+		s.log.Warn("settling a slot failed", zap.Error(err))
+		if g.end == gateOpen {
+			r.Sent = sentAt
+		}
+	}
+	g.end, g.sent = gateSettled, r
+}
+
+// cancel gives the gate's slot back, unless it was settled.
+func (g *gate) cancel(s *Server) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.end != gateOpen || !g.res.OK {
+		return
+	}
+	g.end = gateCancelled
+	ctx, cancel := s.storeContext(context.Background())
+	defer cancel()
+	if err := s.store.Cancel(ctx, g.res); err != nil {
+		s.log.Warn("giving a slot back failed", zap.Error(err))
+	}
 }
 
 // errStore marks a failure of the quota store.
@@ -92,14 +155,14 @@ func (s *Server) roundTrip(req *http.Request, x *exchange) (*http.Response, erro
 		if bucket != "" && resp.Header.Get("X-RateLimit-Global") == "" {
 			holdKey = x.id.key + "#" + bucket
 		}
-		if err := s.store.Hold(context.Background(), holdKey, wait); err != nil {
+		if err := s.storeCall(func(ctx context.Context) error { return s.store.Hold(ctx, holdKey, wait) }); err != nil {
 			s.log.Warn("holding a key failed", zap.String("key", x.id.fingerprint), zap.Error(err))
 		}
 		for _, g := range gates {
 			if g.key != holdKey && g.res.Probe {
 				// This gate's probe got its answer: the throttle was the
 				// other gate's.
-				if err := s.store.EndProbe(context.Background(), g.res); err != nil {
+				if err := s.storeCall(func(ctx context.Context) error { return s.store.EndProbe(ctx, g.res) }); err != nil {
 					s.log.Warn("ending a probe failed", zap.Error(err))
 				}
 			}
@@ -160,7 +223,13 @@ func (s *Server) admit(ctx context.Context, x *exchange, gates []*gate) (*http.R
 	// where nothing waits.
 	scout := !up.learn.off && !up.reject
 	for i, g := range gates {
-		res, err := s.store.Reserve(ctx, quota.Request{Key: g.key, Limits: g.limits, MaxWait: maxWait, MaxQueue: up.maxQueue, Scout: scout && i == 0})
+		req := quota.Request{Key: g.key, Limits: g.limits, MaxWait: maxWait, MaxQueue: up.maxQueue, Scout: scout && i == 0}
+		if i == 0 {
+			req.Book = refusalBooking
+		}
+		sctx, cancel := s.storeContext(ctx)
+		res, err := s.store.Reserve(sctx, req)
+		cancel()
 		if err != nil {
 			s.cancelGates(gates[:i])
 			return nil, errStore{err}
@@ -179,36 +248,45 @@ func (s *Server) admit(ctx context.Context, x *exchange, gates []*gate) (*http.R
 	if x.decision == "" {
 		x.decision = decisionPass
 	}
+	// In reject mode a request waits only for a booking it took (a retry
+	// back a little early, or a little off its slot), never longer than a
+	// booking waits for its caller.
+	waitLimit := up.maxWait
+	if up.reject {
+		waitLimit = refusalBooking.Early + refusalBooking.Grace
+	}
 	for {
 		var wait time.Duration
+		var wake <-chan struct{}
 		for _, g := range gates {
-			wait = max(wait, g.res.Delay())
+			if d := g.res.Delay(); d > 0 {
+				wait = max(wait, d)
+				if g.res.Wake != nil {
+					wake = g.res.Wake
+				}
+			}
 		}
 		if wait == 0 {
 			x.res = gates[0].res
 			return nil, nil
 		}
-		if !up.reject && time.Since(x.start)+wait > up.maxWait {
+		left := waitLimit - time.Since(x.start)
+		if wait > left && (wake == nil || left <= 0) {
 			// The store moved the slot (a hold, a probe, a late send)
 			// beyond what the request may wait: answer now.
-			s.cancelGates(gates)
-			for _, g := range gates {
-				if g.res.Delay() == wait {
-					x.res = g.res
-				}
-			}
-			x.res.OK = false
-			x.decision = decisionRejected
-			return s.rateLimited(x), nil
+			return s.refuseAfterWait(x, gates, wait), nil
 		}
-		// Queued: wait for the slot, then let the store check it again
-		// against what it learned meanwhile (earlier requests that left
-		// later than booked, holds); it may name a later slot.
+		// Queued: wait for the slot (or until the key's state changes),
+		// then let the store check it again against what it learned
+		// meanwhile (earlier requests that left later than booked, holds);
+		// it may name a later slot.
 		x.decision = decisionQueued
 		start := time.Now()
-		t := time.NewTimer(wait)
+		t := time.NewTimer(min(wait, max(left, 0)))
 		select {
 		case <-t.C:
+		case <-wake:
+			t.Stop()
 		case <-ctx.Done():
 			t.Stop()
 			s.cancelGates(gates)
@@ -218,7 +296,9 @@ func (s *Server) admit(ctx context.Context, x *exchange, gates []*gate) (*http.R
 		x.wait += time.Since(start)
 		for _, g := range gates {
 			if g.res.Delay() > 0 {
-				res, err := s.store.Release(ctx, g.res)
+				sctx, cancel := s.storeContext(ctx)
+				res, err := s.store.Release(sctx, g.res)
+				cancel()
 				if err != nil {
 					s.cancelGates(gates)
 					return nil, errStore{err}
@@ -226,7 +306,54 @@ func (s *Server) admit(ctx context.Context, x *exchange, gates []*gate) (*http.R
 				g.res = res
 			}
 		}
+		if time.Since(x.start) >= waitLimit && !released(gates) {
+			return s.refuseAfterWait(x, gates, wait), nil
+		}
 	}
+}
+
+// released reports whether every gate may go now.
+func released(gates []*gate) bool {
+	for _, g := range gates {
+		if g.res.Delay() > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// refuseAfterWait gives back a queued request's slots and answers it with
+// the local 429, naming the latest of its gates' times.
+func (s *Server) refuseAfterWait(x *exchange, gates []*gate, wait time.Duration) *http.Response {
+	s.cancelGates(gates)
+	for _, g := range gates {
+		if g.res.Delay() >= wait {
+			x.res = g.res
+		}
+	}
+	x.res.OK = false
+	x.decision = decisionRejected
+	return s.rateLimited(x)
+}
+
+// refusalBooking makes a refusal's Retry-After a promise: the store keeps
+// the slot it names for a second after it (the client's own delay), and a
+// caller back up to a quarter second early takes it and waits.
+var refusalBooking = quota.Booking{Round: time.Second, Grace: time.Second, Early: 250 * time.Millisecond}
+
+// storeTimeout bounds every call to the quota store.
+const storeTimeout = 2 * time.Second
+
+// storeCall runs f with a context bounded by storeTimeout.
+func (s *Server) storeCall(f func(ctx context.Context) error) error {
+	ctx, cancel := s.storeContext(context.Background())
+	defer cancel()
+	return f(ctx)
+}
+
+// storeContext bounds a store call by storeTimeout (and by ctx).
+func (s *Server) storeContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, storeTimeout)
 }
 
 // send writes the request upstream and settles every gate with the time it
@@ -249,7 +376,7 @@ func (s *Server) send(req *http.Request, x *exchange, gates []*gate, n int) (tim
 	if err != nil && neverSent(err) {
 		s.cancelGates(gates)
 	} else {
-		a.settle() // written, or perhaps partly: now is a safe upper bound
+		a.settleIfOpen() // written, or perhaps partly: now is a safe upper bound
 	}
 	if at := a.sentAt.Load(); at != 0 {
 		return x.start.Add(time.Duration(at)), resp, err // keeps the monotonic reading
@@ -269,40 +396,50 @@ type attempt struct {
 	conn   atomic.Pointer[sentConn] // the upstream connection, once known
 }
 
+// gotConn notes the connection the request goes on (a new one when
+// net/http retries it).
 func (a *attempt) gotConn(info httptrace.GotConnInfo) { a.conn.Store(findSentConn(info.Conn)) }
 
 // wroteRequest settles once the request's bytes have left the connection's
-// buffer (see sentConn), or now on a connection that cannot tell.
+// buffer (see sentConn), or now on a connection that cannot tell. net/http
+// calls it for every write of the request: a second one (a retry on a new
+// connection) moves the send time later.
 func (a *attempt) wroteRequest(httptrace.WroteRequestInfo) {
 	if c := a.conn.Load(); c != nil {
-		c.afterNextWrite(a.settleAt)
+		c.afterNextWrite(a.sent)
 		return
 	}
-	a.settle()
+	a.sent(time.Now())
 }
 
-// settle settles every gate not yet settled or cancelled with the time now.
-func (a *attempt) settle() { a.settleAt(time.Now()) }
+// sent records that the request left at at: it settles every gate of the
+// attempt, or moves its send time later (see gate.settle).
+func (a *attempt) sent(at time.Time) {
+	d := max(int64(at.Sub(a.start)), 1)
+	for {
+		old := a.sentAt.Load()
+		if old >= d || a.sentAt.CompareAndSwap(old, d) {
+			break
+		}
+	}
+	for _, g := range a.gates {
+		g.settle(a.s, at)
+	}
+}
 
-// settleAt settles every gate not yet settled or cancelled with now.
-func (a *attempt) settleAt(now time.Time) {
+// settleIfOpen settles with the time now the gates no write settled: when
+// the round trip is over, the request has left if it ever did.
+func (a *attempt) settleIfOpen() {
+	now := time.Now()
 	a.sentAt.CompareAndSwap(0, max(int64(now.Sub(a.start)), 1))
 	for _, g := range a.gates {
-		if g.done.CompareAndSwap(false, true) {
-			if err := a.s.store.Settle(context.Background(), g.res, now); err != nil {
-				a.s.log.Warn("settling a slot failed", zap.Error(err))
-			}
-		}
+		g.settleOpen(a.s, now)
 	}
 }
 
 func (s *Server) cancelGates(gates []*gate) {
 	for _, g := range gates {
-		if g.res.OK && g.done.CompareAndSwap(false, true) {
-			if err := s.store.Cancel(context.Background(), g.res); err != nil {
-				s.log.Warn("giving a slot back failed", zap.Error(err))
-			}
-		}
+		g.cancel(s)
 	}
 }
 
@@ -311,7 +448,7 @@ func (s *Server) cancelGates(gates []*gate) {
 func (s *Server) abandonProbes(gates []*gate) {
 	for _, g := range gates {
 		if g.res.Probe {
-			if err := s.store.Hold(context.Background(), g.key, 0); err != nil {
+			if err := s.storeCall(func(ctx context.Context) error { return s.store.Hold(ctx, g.key, 0) }); err != nil {
 				s.log.Warn("restarting a probe failed", zap.Error(err))
 			}
 		}
@@ -321,7 +458,7 @@ func (s *Server) abandonProbes(gates []*gate) {
 func (s *Server) endProbes(gates []*gate) {
 	for _, g := range gates {
 		if g.res.Probe {
-			if err := s.store.EndProbe(context.Background(), g.res); err != nil {
+			if err := s.storeCall(func(ctx context.Context) error { return s.store.EndProbe(ctx, g.res) }); err != nil {
 				s.log.Warn("ending a probe failed", zap.Error(err))
 			}
 		}
@@ -356,7 +493,7 @@ func (s *Server) inspect(x *exchange, resp *http.Response, sentAt time.Time, rou
 
 // observe turns the quota windows in the headers into an Observation for
 // the credential's key, or the bucket's key when the upstream names one,
-// and returns that bucket.
+// and returns that bucket. now is when the answer arrived.
 func (s *Server) observe(x *exchange, resp *http.Response, now, sentAt time.Time, route string) string {
 	windows := signals.Quota(resp.Header, now)
 	if len(windows) == 0 {
@@ -367,7 +504,7 @@ func (s *Server) observe(x *exchange, resp *http.Response, now, sentAt time.Time
 	}
 	up := x.up
 	bucket := ""
-	o := quota.Observation{SentAt: sentAt, Remaining: -1, Replace: up.learn.replace}
+	o := quota.Observation{SentAt: sentAt, Remaining: -1, Replace: up.learn.replace, Reserve: up.learn.threshold}
 	best := math.MaxInt64
 	for _, w := range windows {
 		if w.Bucket != "" {
@@ -380,16 +517,13 @@ func (s *Server) observe(x *exchange, resp *http.Response, now, sentAt time.Time
 			o.Limits = append(o.Limits, quota.Limit{Count: int(w.Limit), Window: w.Period + up.margin(w.Period)})
 			o.KeepFor = max(o.KeepFor, 2*w.Period, time.Minute)
 		}
-		if w.Remaining < 0 || w.Reset <= 0 {
+		if w.Remaining < 0 || w.Reset <= 0 || w.Remaining > quota.MaxLimitCount || w.Limit > quota.MaxLimitCount {
 			continue
 		}
-		reserve := 0
-		if w.Limit > 0 {
-			reserve = int(math.Ceil(up.learn.threshold * float64(w.Limit)))
-		}
-		if left := int(w.Remaining) - reserve; left < best {
+		// The window with the least left binds first.
+		if left := int(w.Remaining); left < best {
 			best = left
-			o.Remaining, o.Reserve, o.ResetIn = int(w.Remaining), reserve, w.Reset
+			o.Remaining, o.ResetAt, o.Limit, o.Period = left, now.Add(w.Reset), int(w.Limit), w.Period
 		}
 	}
 	key := x.id.key
@@ -398,7 +532,9 @@ func (s *Server) observe(x *exchange, resp *http.Response, now, sentAt time.Time
 		key = x.id.key + "#" + bucket
 	}
 	if o.Remaining >= 0 || len(o.Limits) > 0 {
-		if err := s.store.Observe(context.Background(), key, o); err != nil {
+		ctx, cancel := s.storeContext(context.Background())
+		defer cancel()
+		if err := s.store.Observe(ctx, key, o); err != nil {
 			s.log.Warn("recording the upstream's quota failed", zap.String("key", x.id.fingerprint), zap.Error(err))
 		}
 	}

@@ -42,9 +42,9 @@ func formatWindow(d time.Duration) string {
 	return d.String()
 }
 
-// MaxLimitCount bounds the count of one limit. The memory store keeps one
-// timestamp per admitted request inside the longest window of a key, so the
-// bound also bounds the memory of one key.
+// MaxLimitCount bounds the count of one limit. Counts above ExactCount are
+// kept in buckets, so the bound does not bound memory; it keeps counts in
+// the range every store's arithmetic handles.
 const MaxLimitCount = 10_000_000
 
 // ParseLimit reads a limit written as COUNT/WINDOW, where WINDOW is a Go
@@ -103,13 +103,17 @@ type Request struct {
 	// Key names the bucket; requests with equal keys share every limit.
 	Key string
 	// Limits must all admit the request. An empty list admits at once.
+	// They may change from one request of a key to the next (a reload):
+	// each request is judged by its own limits against the sends the store
+	// holds for the key.
 	Limits []Limit
 	// MaxWait is the longest delay the caller accepts. Zero means the
-	// request is admitted only if it may leave now.
+	// request is admitted only if it may leave now (or, with Book, at the
+	// slot a booking kept for it).
 	MaxWait time.Duration
-	// MaxQueue is how many admitted requests of the key may be waiting for
-	// a future slot; a request that would have to wait beyond them is
-	// refused. It matters only when MaxWait > 0.
+	// MaxQueue is how many requests of the key may be waiting for a future
+	// slot, booked refusals included; a request that would have to wait
+	// beyond them is refused with QueueFull.
 	MaxQueue int
 	// Scout asks that, while the store knows nothing the upstream reported
 	// about the key (a new key, or its reported budget ran to its reset),
@@ -117,13 +121,38 @@ type Request struct {
 	// answer (EndProbe), so that no burst spends a quota someone else
 	// already used.
 	Scout bool
+	// Book, when its Grace is set, makes a refusal keep its word: see
+	// Booking.
+	Book Booking
 }
 
-// Reservation is a Store's answer. When OK, the request holds a slot at At
-// and must not be released before it; it gives the slot back with Cancel if
-// it is not sent. When not OK, nothing was consumed and At is the earliest
-// time at which the same request could be admitted at once, assuming no one
-// else takes the quota first.
+// Booking makes refusals truthful. A request refused because every limit
+// is spent until a later time (not a hold, not a full queue) is told a time
+// at which a retry will be admitted, and the store keeps a slot there for
+// it: Retry-After is whole seconds, so the told time is the first slot
+// rounded up to a whole multiple of Round from now, and the slot waits
+// Grace after it for a caller. Refusals of a key get successive slots, as
+// if they had queued, and count against MaxQueue. The first request of the
+// key that arrives from Early before a booked time until its Grace ends
+// takes the booked slot (the store cannot tell a retry from a new caller:
+// first come, first served) and waits for its time if it came early; a slot
+// nobody takes lapses after Grace, so callers that never come back cost
+// little.
+type Booking struct {
+	Round time.Duration
+	Grace time.Duration
+	Early time.Duration
+}
+
+// Reservation is a Store's answer, and the handle of the slot it booked.
+// When OK, the request holds a slot at At and must not be released before
+// it; it gives the slot back with Cancel if it is not sent. When not OK,
+// nothing of the request's own was consumed and At is the earliest time at
+// which a retry could be admitted at once (with Booked, the time a slot is
+// kept for it).
+//
+// Times are the store's: Now and At come from the store's clock, and only
+// their difference, Delay, means anything to the caller's clock.
 type Reservation struct {
 	OK bool
 	// Now is the store's clock at the decision.
@@ -143,12 +172,23 @@ type Reservation struct {
 	// the others wait for its outcome, which the caller reports with
 	// EndProbe (success) or Hold (throttled again).
 	Probe bool
+	// Booked reports a refusal whose At is kept for a retry (Request.Book).
+	Booked bool
+	// Wake, when not nil, is closed when the key's state changes in a way
+	// that may let this reservation go before At (the probe it waits for
+	// ended, the upstream reported a new budget): the caller then calls
+	// Release at once instead of waiting until At.
+	Wake <-chan struct{}
 
-	key    string
-	limits []Limit
-	scout  bool
-	slot   int64  // store-specific: the booked time
-	id     uint64 // store-specific: names the reservation within its key
+	// The handle: the request's key, limits and scout flag, the slot it
+	// holds in store time and its id within the key (0 when it holds
+	// none), and, once settled, the send time the store recorded.
+	Key    string
+	Limits []Limit
+	Scout  bool
+	Slot   time.Time
+	ID     uint64
+	Sent   time.Time
 }
 
 // Delay is how long the caller must wait before releasing the request (OK),
@@ -158,33 +198,42 @@ func (r Reservation) Delay() time.Duration {
 }
 
 // Store books slots for keys. Implementations must be safe for concurrent
-// use.
+// use. Every call takes a context whose deadline bounds it: a remote store
+// returns an error rather than block past it.
 //
 // The life of an admitted request: Reserve books a slot; when the slot is
-// in the future the caller waits until it, then calls Release, which either
-// lets the request go or names a later slot to wait for (the store has
-// learned since that earlier requests left later than booked); once the
-// request has been written upstream the caller calls Settle with the time
-// it was sent, or Cancel if it was never sent. Every OK reservation must
-// end in exactly one Settle or Cancel.
+// in the future the caller waits until it (or until Wake), then calls
+// Release, which either lets the request go or names a later slot to wait
+// for (the store has learned since that earlier requests left later than
+// booked); once the request has been written upstream the caller calls
+// Settle with the time it was sent, or Cancel if it was never sent. Every
+// OK reservation must end in one Cancel or at least one Settle.
 //
 // The guarantee: for every key and every limit N/W, no half-open interval
 // of length W holds more than N send times, where a request counts from its
 // settled send time, and a request released but not yet settled counts as
 // sent at every instant until it is settled. Requests that leave at once
 // are admitted in the order of Reserve calls; queued ones are released in
-// slot order.
+// slot order. Limits of up to ExactCount are exact; larger ones count sends
+// in 1/BucketSlots of their window and may leave that share unused.
 type Store interface {
 	// Reserve books the earliest slot allowed by every limit of req, or
-	// refuses without consuming anything.
+	// refuses without consuming anything of the request's own (a refusal
+	// may book a slot for a retry: Request.Book).
 	Reserve(ctx context.Context, req Request) (Reservation, error)
-	// Release checks a reservation whose slot has come against what the
-	// store knows now. The request may go when the returned reservation's
-	// Delay is zero; otherwise the caller waits that long and calls Release
-	// again.
+	// Release checks a reservation whose slot has come (or whose Wake
+	// closed) against what the store knows now. The request may go when
+	// the returned reservation's Delay is zero; otherwise the caller waits
+	// that long and calls Release again.
 	Release(ctx context.Context, r Reservation) (Reservation, error)
-	// Settle records when a released request was written upstream.
-	Settle(ctx context.Context, r Reservation, sentAt time.Time) error
+	// Settle records that a released request was written upstream at
+	// sentAt, a time of the caller's clock (the store converts it to its
+	// own). It may be called again for the same request with a later time,
+	// passing the reservation Settle returned (net/http writes a request
+	// again when a reused connection turned out closed): the store keeps
+	// the latest. A remote store may apply it after returning; until then
+	// the request counts as on its way, which is the safe side.
+	Settle(ctx context.Context, r Reservation, sentAt time.Time) (Reservation, error)
 	// Cancel gives back the slot of an OK reservation that was not sent.
 	// Cancelling a refused reservation is harmless.
 	Cancel(ctx context.Context, r Reservation) error
@@ -192,30 +241,52 @@ type Store interface {
 	// Hold keeps every request of key from leaving for d from now (a hold
 	// only ever grows). When it ends, one request goes first as a probe
 	// and the others wait until EndProbe, another Hold, or ProbeTimeout.
+	// Hold(key, 0) restarts the probe of a key (its probe got no answer).
 	Hold(ctx context.Context, key string, d time.Duration) error
 	// EndProbe reports that the probe r got an answer that was not a
 	// throttle: the key is open again.
 	EndProbe(ctx context.Context, r Reservation) error
 	// Observe records what the upstream reported about key's quota in the
-	// answer to a request sent at o.SentAt.
+	// answer to a request.
 	Observe(ctx context.Context, key string, o Observation) error
 }
+
+// ExactCount is the largest limit count a store keeps exact: it remembers
+// that many send times of a key. Larger limits (a daily 250000) are
+// counted in BucketSlots slices of their window.
+const ExactCount = 4096
+
+// BucketSlots is how many slices the window of a limit above ExactCount is
+// cut into: such a limit may leave up to 1/BucketSlots of its count unused.
+const BucketSlots = 256
 
 // ProbeTimeout is how long the other requests of a key wait for the
 // outcome of a probe before another request may probe.
 const ProbeTimeout = 30 * time.Second
 
 // Observation is what an upstream said about a key's quota in one answer.
+// Times are the caller's clock.
 type Observation struct {
 	// SentAt is when the request that got the answer was sent.
 	SentAt time.Time
-	// Remaining is how many requests the upstream will still accept until
-	// ResetIn; negative when unknown. The store subtracts the requests it
-	// sent after SentAt (the upstream had not counted them yet) and Reserve,
-	// and holds the key until the reset once nothing is left.
+	// Limit, Remaining, ResetAt and Period describe the upstream's window
+	// that binds first: its count (0 when not reported), what is left of
+	// it (negative when unknown), when it resets (zero when unknown) and
+	// its length (0 when unknown).
+	//
+	// The store turns them into a budget of releases until ResetAt. When
+	// the upstream has counted no more than the store sent in the window
+	// (no other caller is evident), the budget is the whole count less
+	// those sends: the proxy uses all of the quota. When the upstream has
+	// counted more, another caller spends the key too, and the budget is
+	// what is left less the sends the upstream had not counted yet (sent
+	// after SentAt or on their way), less Reserve of Limit. At zero the key
+	// is held until ResetAt.
+	Limit     int
 	Remaining int
-	Reserve   int
-	ResetIn   time.Duration
+	ResetAt   time.Time
+	Period    time.Duration
+	Reserve   float64
 	// Limits are windows the upstream reported; they apply to the key, in
 	// addition to the caller's limits (or instead of them when Replace),
 	// for KeepFor.
