@@ -74,7 +74,13 @@ type taught struct {
 	budget      int   // releases left before budgetUntil, when active
 	budgetUntil int64 // the upstream's reset; the budget is off after it
 	budgetFrom  int64 // when the upstream's window began, or noTime
-	informed    bool  // a scout came back, or the upstream reported a budget
+	// covered reports a budget the key's own limits already enforce: no
+	// other caller is evident and the upstream's window is one of the
+	// learned limits, which the store holds exactly, so the key is not held
+	// until the upstream's reset (reported in whole seconds, often late)
+	// when it runs out.
+	covered  bool
+	informed bool // a scout came back, or the upstream reported a budget
 
 	learned      []Limit
 	learnedUntil int64
@@ -306,7 +312,10 @@ func (k *keyState) waitGate(c, t int64, id uint64, scout bool) int64 {
 	tg := k.taught
 	if scout {
 		if tg != nil && tg.budgetUntil > 0 && t >= tg.budgetUntil {
-			tg.informed, tg.budgetUntil, tg.budgetFrom = false, 0, noTime // the reported window is over
+			// The reported window is over: scout again, unless the key had
+			// its upstream to itself.
+			tg.informed = tg.covered
+			tg.budgetUntil, tg.budgetFrom = 0, noTime
 		}
 		if tg == nil || !tg.informed && !tg.probing {
 			tg = k.teach()
@@ -319,7 +328,7 @@ func (k *keyState) waitGate(c, t int64, id uint64, scout bool) int64 {
 	if tg.probing && tg.probeID != 0 && tg.probeID != id && t-tg.probeAt < int64(ProbeTimeout) {
 		return max(c, tg.probeAt+int64(ProbeTimeout))
 	}
-	if c < tg.budgetUntil && tg.budget <= 0 {
+	if c < tg.budgetUntil && tg.budget <= 0 && !tg.covered {
 		return tg.budgetUntil
 	}
 	return c
@@ -477,10 +486,18 @@ func (k *keyState) idle(t int64) bool {
 }
 
 // observe applies an upstream report received at t for a request sent at
-// sentAt: the window resets at until, began at from (noTime when unknown).
-func (k *keyState) observe(o Observation, t, sentAt, until, from int64) {
+// sentAt; the upstream's window resets at until (all in store time).
+func (k *keyState) observe(o Observation, t, sentAt, until int64) {
 	tg := k.teach()
-	if from == noTime && tg.budgetUntil > 0 && tg.budgetUntil <= t {
+	from := int64(noTime) // when the upstream's window began
+	switch {
+	case o.Period > 0:
+		// Upstreams report resets in whole seconds, rounded either way:
+		// the window may have begun up to a second earlier. Counting the
+		// sends of that second too errs on the safe side (fewer left).
+		from = until - int64(o.Period) - int64(time.Second)
+		k.maxWindow = max(k.maxWindow, int64(o.Period))
+	case tg.budgetUntil > 0 && tg.budgetUntil <= t:
 		from = tg.budgetUntil // the previous report's reset began this window
 	}
 	onWay, onWayBefore := 0, 0
@@ -493,6 +510,7 @@ func (k *keyState) observe(o Observation, t, sentAt, until, from int64) {
 		}
 	}
 	var budget int
+	covered := false
 	sent, counted, known := k.sentIn(from, sentAt, t)
 	sent += onWay
 	counted += onWayBefore
@@ -505,6 +523,9 @@ func (k *keyState) observe(o Observation, t, sentAt, until, from int64) {
 		// The upstream counted no more than the store sent: no other
 		// caller is evident, so all of the quota is ours.
 		budget = o.Limit - sent
+		for _, l := range o.Limits {
+			covered = covered || o.Period > 0 && l.Count <= o.Limit && int64(l.Window) >= int64(o.Period)
+		}
 	case known:
 		// Another caller spends the key too: what is left, less what the
 		// upstream had not counted yet, less the reserve.
@@ -519,9 +540,10 @@ func (k *keyState) observe(o Observation, t, sentAt, until, from int64) {
 	}
 	tg.informed = true
 	if t >= tg.budgetUntil || until > tg.budgetUntil+int64(time.Second) {
-		tg.budget, tg.budgetUntil, tg.budgetFrom = budget, until, from // a new upstream window
+		tg.budget, tg.budgetUntil, tg.budgetFrom, tg.covered = budget, until, from, covered // a new upstream window
 	} else {
 		tg.budget = min(tg.budget, budget)
+		tg.covered = tg.covered && covered
 	}
 	k.wakeWaiters()
 }

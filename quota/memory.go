@@ -304,12 +304,7 @@ func (s *MemoryStore) Observe(_ context.Context, key string, o Observation) erro
 	if until <= t {
 		return nil // already reset
 	}
-	from := int64(noTime)
-	if o.Period > 0 {
-		from = until - int64(o.Period)
-		k.maxWindow = max(k.maxWindow, int64(o.Period))
-	}
-	k.observe(o, t, s.since(o.SentAt), until, from)
+	k.observe(o, t, s.since(o.SentAt), until)
 	return nil
 }
 

@@ -91,6 +91,7 @@ func Run(t *testing.T, open Factory) {
 		{"BookingsLapseAndCountAgainstMaxQueue", bookingsLapseAndCountAgainstMaxQueue},
 		{"EarlyRetryWaitsForItsBooking", earlyRetryWaitsForItsBooking},
 		{"SoleCallerGetsTheWholeReportedQuota", soleCallerGetsTheWholeReportedQuota},
+		{"SoleCallerIsNotHeldPastItsOwnWindow", soleCallerIsNotHeldPastItsOwnWindow},
 		{"OtherCallerLeavesAReserveAndNothingIsCountedTwice", otherCallerLeavesAReserveAndNothingIsCountedTwice},
 		{"ReportWithoutItsWindowKeepsTheReserve", reportWithoutItsWindowKeepsTheReserve},
 		{"InspectDescribesAKey", inspectDescribesAKey},
@@ -916,6 +917,26 @@ func soleCallerGetsTheWholeReportedQuota(t *testing.T, e *env) {
 	}
 	if r := e.reserve(req); r.Delay() == 0 {
 		t.Fatal("an eleventh send in the upstream's window")
+	}
+}
+
+// soleCallerIsNotHeldPastItsOwnWindow: upstreams report their reset in
+// whole seconds, up to a second late. When the key has the upstream to
+// itself and the upstream's window is a learned limit (held exactly), a
+// spent budget does not hold the key until that reset: the limit decides.
+func soleCallerIsNotHeldPastItsOwnWindow(t *testing.T, e *env) {
+	window := 10 * time.Second
+	learned := []quota.Limit{{Count: 10, Window: window}}
+	req := quota.Request{Key: "k", MaxWait: time.Minute, MaxQueue: 100}
+	start := e.clock.Now()
+	e.reserve(req)
+	e.s.Observe(e.ctx, "k", quota.Observation{SentAt: start, Limit: 10, Remaining: 9, ResetAt: start.Add(window + 900*time.Millisecond), Period: window, Limits: learned, KeepFor: time.Minute})
+	for range 9 {
+		e.reserve(req)
+	}
+	r := e.reserve(req)
+	if r.Held || r.At.Sub(start) != window {
+		t.Fatalf("eleventh request: held %v at +%v, want the learned limit's slot at +%v, not the late reset", r.Held, r.At.Sub(start), window)
 	}
 }
 
