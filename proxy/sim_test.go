@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -29,6 +30,9 @@ import (
 // so the upstream sees a request at the instant the proxy writes it; tests
 // of latency add it on purpose (a relay, a handler that sleeps).
 
+// simEpoch is when every simulation starts.
+var simEpoch = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+
 // sim is one simulated world. Create it with runSim.
 type sim struct {
 	t   *testing.T
@@ -40,16 +44,34 @@ type sim struct {
 func runSim(t *testing.T, f func(t *testing.T, s *sim)) {
 	t.Helper()
 	synctest.Test(t, func(t *testing.T) {
+		// A bubble's clock starts at 2000-01-01, where an epoch in
+		// seconds (X-RateLimit-Reset) is below 1e9 and reads as a number
+		// of seconds: wait, instantly, until a date like today's.
+		time.Sleep(time.Until(simEpoch))
 		f(t, &sim{t: t, net: newMemNet()})
 	})
 }
 
 // serve runs an HTTP server with h on addr until the test ends.
 func (s *sim) serve(addr string, h http.Handler) {
-	srv := &http.Server{Handler: h}
-	ln := s.net.Listen(addr)
+	s.start(&http.Server{Handler: h}, s.net.Listen(addr))
+}
+
+// start serves srv on ln until the test ends, then closes it and waits
+// for its handlers to return: the bubble may not end while one sleeps.
+func (s *sim) start(srv *http.Server, ln net.Listener) {
+	var handlers sync.WaitGroup
+	h := srv.Handler
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		handlers.Add(1)
+		defer handlers.Done()
+		h.ServeHTTP(w, r)
+	})
 	go srv.Serve(ln)
-	s.t.Cleanup(func() { srv.Close() })
+	s.t.Cleanup(func() {
+		srv.Close()
+		handlers.Wait()
+	})
 }
 
 // recorder starts a recording upstream on addr, speaking TLS with the test
@@ -62,8 +84,7 @@ func (s *sim) recorder(addr string, useTLS bool) *recorder {
 	if useTLS {
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{getPKI(s.t).server}})
 	}
-	go srv.Serve(ln)
-	s.t.Cleanup(func() { srv.Close() })
+	s.start(srv, ln)
 	return rec
 }
 

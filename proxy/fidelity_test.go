@@ -1,0 +1,192 @@
+package proxy_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// The tests of this file hold the proxy to its answers on an exact clock
+// (see sim_test.go): every Retry-After keeps its word, and a key uses all
+// of its quota.
+
+// TestSoleCallerSendsItsWholeQuota: a key of 10 per window that nobody
+// else uses sends its 10 requests back to back without waiting, while the
+// vendor reports its quota: no share of it is kept back.
+func TestSoleCallerSendsItsWholeQuota(t *testing.T) {
+	const n, w = 10, 5 * time.Second
+	runSim(t, func(t *testing.T, s *sim) {
+		v := s.vendor("vendor.test:80", "closient", n, w)
+		p := s.proxy(vendorYAML(v, "closient", fmt.Sprintf("limits: [%d/%v]\nmax_wait: 30s\n", n, w)))
+		c := p.client()
+		start := time.Now()
+		for i := range n {
+			if err := wantStatus(c, "http://api.test/items", "k", 200); err != nil {
+				t.Fatalf("request %d: %v", i+1, err)
+			}
+		}
+		if took := time.Since(start); took > 0 {
+			t.Errorf("%d requests of a quota of %d took %v: some waited", n, n, took)
+		}
+		if _, throttled, _ := v.counts(); len(throttled) > 0 {
+			t.Errorf("the vendor throttled %d requests", len(throttled))
+		}
+		// The eleventh waits for the window: the quota is spent, not kept.
+		before := time.Now()
+		if err := wantStatus(c, "http://api.test/items", "k", 200); err != nil {
+			t.Fatal(err)
+		}
+		if waited := time.Since(before); waited < w {
+			t.Errorf("the eleventh request waited %v, want a full window", waited)
+		}
+	})
+}
+
+// TestSaturationUsesTheWholeQuotaWithVendorReports: 30 clients push a key
+// while the vendor reports its quota in every answer; the vendor receives
+// at least 98% of N per window (the margin's own cost is the only loss)
+// and never throttles.
+func TestSaturationUsesTheWholeQuotaWithVendorReports(t *testing.T) {
+	const n, w, windows, clients = 20, 2 * time.Second, 10, 30
+	for _, style := range []string{"closient", "engagor"} {
+		t.Run(style, func(t *testing.T) {
+			runSim(t, func(t *testing.T, s *sim) {
+				v := s.vendor("vendor.test:80", style, n, w)
+				p := s.proxy(vendorYAML(v, style, fmt.Sprintf("limits: [%d/%v]\nmax_wait: 30s\n", n, w)))
+				ctx, cancel := context.WithTimeout(context.Background(), windows*w)
+				defer cancel()
+				ok, other := push(ctx, p.client(), clients, "http://api.test/items", "k")
+				arrivals, throttled, _ := v.counts()
+				if len(throttled) > 0 || other > 0 {
+					t.Errorf("%d vendor throttles, %d answers other than 200", len(throttled), other)
+				}
+				if got := maxInWindow(arrivals, w); got > n {
+					t.Errorf("the vendor saw %d in a window; limit %d", got, n)
+				}
+				if u := utilization(arrivals, n, w); u < 0.98 {
+					t.Errorf("utilization %.4f of N per W, want >= 0.98", u)
+				}
+				t.Logf("%d requests in %d windows; utilization %.4f", ok, windows, utilization(arrivals, n, w))
+			})
+		})
+	}
+}
+
+// TestGovernorSharesTheQuotaWithAnOutsideCaller: another caller spends 40%
+// of the vendor's quota at the start of each window. Reading the vendor's
+// headers, the proxy costs at most 2 vendor throttles per window and gets
+// most of what is left.
+func TestGovernorSharesTheQuotaWithAnOutsideCaller(t *testing.T) {
+	const n, w, windows = 20, 2 * time.Second, 5
+	runSim(t, func(t *testing.T, s *sim) {
+		v := s.vendor("vendor.test:80", "closient", n, w)
+		v.outside = n * 40 / 100
+		p := s.proxy(vendorYAML(v, "closient", fmt.Sprintf("limits: [%d/%v]\nmax_wait: 10s\nthrottle: {min_wait: 100ms}\n", n, w)))
+		ctx, cancel := context.WithTimeout(context.Background(), windows*w)
+		defer cancel()
+		ok, _ := push(ctx, p.client(), 30, "http://api.test/x", "k")
+		_, throttled, _ := v.counts()
+		perWindow := map[int64]int{}
+		for _, at := range throttled {
+			perWindow[int64(at.Sub(v.start)/w)]++
+		}
+		for win, k := range perWindow {
+			if k > 2 {
+				t.Errorf("window %d: %d vendor throttles, want at most 2", win, k)
+			}
+		}
+		// The share left to us is 12 per window: we should get most of it.
+		if min := int64(windows * (n - v.outside) * 8 / 10); ok < min {
+			t.Errorf("%d successful requests in %d windows, want >= %d (80%% of the 12 per window left to us)", ok, windows, min)
+		}
+		t.Logf("throttles per window %v; %d successful requests", perWindow, ok)
+	})
+}
+
+// TestCooldownAllowsOneProbePerPeriod: a vendor throttles everything for
+// 2.5s and says Retry-After: 1. With 30 clients pushing, the vendor sees,
+// besides the requests already on their way when its first throttle came
+// back, at most one request per cooldown period: the probe.
+func TestCooldownAllowsOneProbePerPeriod(t *testing.T) {
+	runSim(t, func(t *testing.T, s *sim) {
+		v := s.vendor("vendor.test:80", "closient", 1000, 10*time.Second)
+		v.penalty = time.Now().Add(2500 * time.Millisecond)
+		// A round trip of 20ms, so that requests are on their way when the
+		// first throttle comes back.
+		slow := func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				time.Sleep(20 * time.Millisecond)
+				h.ServeHTTP(w, r)
+			})
+		}
+		s.serve("slow-vendor.test:80", slow(http.HandlerFunc(v.serve)))
+		p := s.proxy(fmt.Sprintf(`upstreams:
+  - profile: closient
+    hosts: [api.test]
+    connect_to: slow-vendor.test:80
+    identity: [{header: apikey}]
+    limits: [1000/1s]
+    max_wait: 10s
+    learn: {mode: off}
+    throttle: {min_wait: 100ms, retry: {max_attempts: 10}}
+`))
+		ctx, cancel := context.WithTimeout(context.Background(), 3500*time.Millisecond)
+		defer cancel()
+		ok, refused := push(ctx, p.client(), 30, "http://api.test/x", "k")
+		_, throttled, _ := v.counts()
+		if len(throttled) == 0 {
+			t.Fatal("the vendor never throttled: the test did not exercise the cooldown")
+		}
+		// Requests sent before the first throttle's answer arrived (20ms
+		// after it was sent) were already on their way.
+		first := throttled[0]
+		var later []time.Duration
+		for _, at := range throttled {
+			if at.Sub(first) > 20*time.Millisecond {
+				later = append(later, at.Sub(first))
+			}
+		}
+		periods := int(v.penalty.Sub(first)/time.Second) + 1
+		if len(later) > periods {
+			t.Errorf("after the first throttle the vendor throttled %d more requests (%v); want at most one per 1s cooldown (%d)", len(later), later, periods)
+		}
+		if ok == 0 {
+			t.Error("no request succeeded after the vendor's penalty ended")
+		}
+		t.Logf("throttled at the vendor: %d in all, %d after the first round trip (%v); clients: %d ok, %d refused", len(throttled), len(later), later, ok, refused)
+	})
+}
+
+// TestQueuedRequestHeldBeyondMaxWaitIsAnsweredAtOnce: a queued request
+// whose slot a hold moves beyond max_wait is answered at once, not held for
+// the hour the vendor asked for.
+func TestQueuedRequestHeldBeyondMaxWaitIsAnsweredAtOnce(t *testing.T) {
+	runSim(t, func(t *testing.T, s *sim) {
+		s.serve("vendor.test:80", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(300 * time.Millisecond)
+			w.Header().Set("Retry-After", "3600")
+			w.WriteHeader(http.StatusTooManyRequests)
+		}))
+		p := s.proxy(simUpstreamYAML("vendor.test:80", "limits: [1/1s]\nwindow_margin: 10ms\nmax_wait: 3s\nlearn: {mode: off}\n"))
+		c := p.client()
+		first := make(chan error, 1)
+		go func() { first <- wantStatus(c, "http://api.test/a", "k", http.StatusTooManyRequests) }()
+		time.Sleep(50 * time.Millisecond)
+		start := time.Now()
+		code, body, h := get(t, c, "http://api.test/b", "k") // queued for 1s, then held for an hour
+		if took := time.Since(start); code != http.StatusTooManyRequests || took > 1100*time.Millisecond {
+			t.Fatalf("queued request under a 1h hold: %d after %v (%s), want 429 when its slot came", code, took, body)
+		}
+		if ra, _ := strconv.Atoi(h.Get("Retry-After")); ra < 3500 {
+			t.Errorf("Retry-After %q, want about an hour", h.Get("Retry-After"))
+		}
+		if err := <-first; err != nil {
+			t.Errorf("the throttled request itself: %v", err)
+		}
+		synctest.Wait()
+	})
+}
