@@ -24,12 +24,13 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	if _, _, err := net.SplitHostPort(target); err != nil {
 		target = net.JoinHostPort(target, "443")
 	}
-	up := s.routes.route(target)
+	policy := s.policy.Load()
+	up := policy.routes.route(target)
 	action := "intercept"
 	var upstreamConn net.Conn
 	switch {
 	case up != nil:
-	case s.denyUnknown:
+	case policy.unknownHosts == denyUnknown:
 		action = decisionDenied
 		writeJSON(w, http.StatusForbidden, errorBody{Error: errorDetail{Code: "HOST_NOT_ALLOWED",
 			Message: "no upstream policy for this host, and unknown_hosts is deny", Source: "proxy"}})

@@ -79,9 +79,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	x.up = s.routes.route(r.URL.Host)
+	policy := s.policy.Load() // the request keeps it, whatever a reload does
+	x.up = policy.routes.route(r.URL.Host)
 	if x.up == nil {
-		if s.denyUnknown {
+		if policy.unknownHosts == denyUnknown {
 			x.decision = decisionDenied
 			s.writeError(w, x, http.StatusForbidden, "HOST_NOT_ALLOWED", "no upstream policy for this host, and unknown_hosts is deny")
 			return

@@ -6,9 +6,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -222,6 +224,45 @@ type running struct {
 	accepts *atomic.Int64 // client connections accepted by the proxy
 	caPool  *x509.CertPool
 	caFile  string
+	store   quota.Store
+	prefix  string // what startProxy put before the test's YAML
+}
+
+// reload reloads the proxy with yamlText, completed as startProxy
+// completes it.
+func (p *running) reload(yamlText string) error {
+	return p.srv.Reload(func() (*config.Config, error) {
+		return config.Parse("test.yaml", []byte(p.prefix+yamlText))
+	})
+}
+
+// queued is how many requests of the key of credential cred of upstream
+// name wait for their slot, as the store sees it.
+func (p *running) queued(t testing.TB, name, cred string) int {
+	t.Helper()
+	sum := sha256.Sum256([]byte(cred))
+	in, ok := p.store.(quota.Inspector)
+	if !ok {
+		t.Fatalf("the store %T cannot be inspected", p.store)
+	}
+	st, err := in.Inspect(context.Background(), name+"/cred/"+hex.EncodeToString(sum[:]), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Queued
+}
+
+// waitFor polls cond every 10ms until it holds, and fails the test when it
+// does not within 10s.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 10s for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // startProxy loads yamlText (data_dir and upstream_roots are filled in),
@@ -237,8 +278,8 @@ func startProxyB(t testing.TB, yamlText string) *running {
 func startProxyStore(t testing.TB, yamlText string, store quota.Store) *running {
 	t.Helper()
 	dir := t.TempDir()
-	full := fmt.Sprintf("data_dir: %s\nupstream_roots: [%s]\n%s", dir, getPKI(t).caFile, yamlText)
-	cfg, err := config.Parse("test.yaml", []byte(full))
+	prefix := fmt.Sprintf("data_dir: %s\nupstream_roots: [%s]\n", dir, getPKI(t).caFile)
+	cfg, err := config.Parse("test.yaml", []byte(prefix+yamlText))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +309,7 @@ func startProxyStore(t testing.TB, yamlText string, store quota.Store) *running 
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(srv.CA().CertPEM())
 	caFile := filepath.Join(dir, "ca.pem")
-	return &running{srv: srv, url: &url.URL{Scheme: "http", Host: ln.Addr().String()}, logs: logs, accepts: accepts, caPool: pool, caFile: caFile}
+	return &running{srv: srv, url: &url.URL{Scheme: "http", Host: ln.Addr().String()}, logs: logs, accepts: accepts, caPool: pool, caFile: caFile, store: store, prefix: prefix}
 }
 
 // client returns a Go client that uses the proxy explicitly (Go never

@@ -3,17 +3,14 @@ package proxy
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"net"
 	"net/http"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/ratelimit-proxy/ratelimit-proxy/config"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
 	"github.com/ratelimit-proxy/ratelimit-proxy/signals"
 )
@@ -31,10 +28,21 @@ type upstream struct {
 	maxWait   time.Duration
 	maxQueue  int
 
+	// windowMargin widens every window; 0 means 1% of the window, at
+	// least 10ms and at most 1s.
+	windowMargin time.Duration
+
 	throttle throttlePolicy
 	learn    learnPolicy
-	margin   func(time.Duration) time.Duration
-	buckets  *bucketMap
+	buckets  *bucketMap // shared with the same upstream after a reload
+}
+
+// margin is the widening applied to a window of this upstream.
+func (u *upstream) margin(window time.Duration) time.Duration {
+	if u.windowMargin > 0 {
+		return u.windowMargin
+	}
+	return min(max(window/100, 10*time.Millisecond), time.Second)
 }
 
 // throttlePolicy is the compiled throttle section of an upstream.
@@ -87,17 +95,6 @@ type limitSet struct {
 	policy   string
 }
 
-func newLimitSet(u *config.Upstream, ls []config.Limit) *limitSet {
-	set := &limitSet{shown: config.Limits(ls)}
-	var policy []string
-	for _, l := range set.shown {
-		set.enforced = append(set.enforced, quota.Limit{Count: l.Count, Window: l.Window + u.Margin(l.Window)})
-		policy = append(policy, fmt.Sprintf("%q;q=%d;w=%d", l.String(), l.Count, ceilSeconds(l.Window)))
-	}
-	set.policy = strings.Join(policy, ", ")
-	return set
-}
-
 // shownFor maps an enforced limit back to the configured one.
 func (s *limitSet) shownFor(enforced quota.Limit) (quota.Limit, bool) {
 	for i, l := range s.enforced {
@@ -109,69 +106,6 @@ func (s *limitSet) shownFor(enforced quota.Limit) (quota.Limit, bool) {
 		return s.shown[0], false
 	}
 	return quota.Limit{}, false
-}
-
-func compileUpstream(u *config.Upstream) *upstream {
-	c := &upstream{
-		name:     u.Name,
-		limits:   newLimitSet(u, u.Limits),
-		reject:   u.Mode == "reject",
-		maxWait:  time.Duration(u.MaxWait),
-		maxQueue: u.MaxQueue,
-	}
-	c.anonymous = newLimitSet(u, u.Anonymous.Limits)
-	c.anonKey = u.Name + "/anonymous"
-	c.margin = u.Margin
-	c.buckets = newBucketMap(4096)
-	th := u.Throttle
-	c.throttle = throttlePolicy{
-		rules:       *th.Rules,
-		candidates:  map[int]bool{},
-		rewrite:     *th.Rewrite,
-		defaultWait: time.Duration(th.DefaultWait),
-		bounds:      signals.Bounds{Min: time.Duration(th.MinWait), Max: time.Duration(th.MaxWait)},
-		retry:       *th.Retry.Enabled,
-		methods:     map[string]bool{},
-		idemKey:     *th.Retry.IdempotencyKey,
-		anyMethod:   th.Retry.AnyMethod,
-		maxAttempts: th.Retry.MaxAttempts,
-		maxBody:     th.Retry.MaxBody,
-	}
-	for _, set := range [][]int{th.Rules.Statuses, th.Rules.MarkerStatuses, th.Rules.RetryAfterStatuses, th.Rules.OverloadStatuses} {
-		for _, code := range set {
-			c.throttle.candidates[code] = true
-		}
-	}
-	for _, m := range th.Retry.Methods {
-		c.throttle.methods[m] = true
-	}
-	c.learn = learnPolicy{off: u.Learn.Mode == "off", replace: u.Learn.Mode == "replace", threshold: *u.Learn.Threshold}
-	for _, r := range u.Identity {
-		cr := rule{label: r.Kind()}
-		switch {
-		case r.Header != "":
-			cr.kind, cr.name = byHeader, http.CanonicalHeaderKey(r.Header)
-		case r.Authorization != "":
-			cr.kind, cr.name = byAuthorization, r.Authorization
-		case r.Query != "":
-			cr.kind, cr.name = byQuery, r.Query
-		default:
-			cr.kind = bySourceIP
-		}
-		if len(r.Limits) > 0 {
-			cr.limits = newLimitSet(u, r.Limits)
-		}
-		c.rules = append(c.rules, cr)
-	}
-	for _, o := range u.Overrides {
-		if o.Fingerprint != "" {
-			c.prints = append(c.prints, override{match: o.Fingerprint, limits: newLimitSet(u, o.Limits)})
-		} else {
-			c.prefixes = append(c.prefixes, override{match: o.Prefix, limits: newLimitSet(u, o.Limits)})
-		}
-	}
-	sort.SliceStable(c.prefixes, func(i, j int) bool { return len(c.prefixes[i].match) > len(c.prefixes[j].match) })
-	return c
 }
 
 // identity is who a request is counted as.

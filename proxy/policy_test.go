@@ -16,7 +16,11 @@ func compile(t *testing.T, yamlText string) *upstream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return compileUpstream(&cfg.Upstreams[0])
+	u, err := compileUpstream(&cfg.Upstreams[0], "upstreams[0]")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }
 
 func fingerprint(s string) string {

@@ -23,6 +23,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/config"
@@ -33,13 +34,17 @@ import (
 // Server is the proxy. Create it with New, run it with Serve, stop it with
 // Shutdown. It is safe for concurrent use.
 type Server struct {
-	log         *zap.Logger
-	store       quota.Store
-	ca          *CA
-	routes      router
-	denyUnknown bool
-	timeouts    config.Timeouts
-	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
+	log      *zap.Logger
+	store    quota.Store
+	ca       *CA
+	policy   atomic.Pointer[Policy] // swapped whole by Reload
+	fixed    fixedSettings          // what Reload cannot change
+	timeouts config.Timeouts
+	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	reloadMu       sync.Mutex // one reload at a time
+	reloadsApplied atomic.Uint64
+	reloadsRefused atomic.Uint64
 
 	transport *http.Transport
 	buffers   *sync.Pool             // body copy buffers (*[]byte)
@@ -68,9 +73,10 @@ type Options struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
-// New builds a Server from a loaded configuration. It loads or creates the
-// CA and starts the internal server for intercepted connections; call
-// Shutdown to release it.
+// New builds a Server from a configuration. It compiles the configuration
+// (an error, never a panic, when it is incomplete; see Compile), loads or
+// creates the CA and starts the internal server for intercepted
+// connections; call Shutdown to release it.
 func New(cfg *config.Config, opts Options) (*Server, error) {
 	log, store := opts.Log, opts.Store
 	if log == nil {
@@ -78,6 +84,19 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	if store == nil {
 		return nil, errors.New("proxy: no quota store")
+	}
+	if cfg == nil {
+		return nil, errors.New("proxy: no configuration")
+	}
+	if err := checkTimeouts(cfg.Timeouts); err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if cfg.MaxIdleConnsPerHost < 0 {
+		return nil, errors.New("proxy: max_idle_conns_per_host must not be negative")
+	}
+	policy, err := Compile(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
 	}
 	dial := opts.Dial
 	if dial == nil {
@@ -96,24 +115,13 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		log:         log,
 		store:       store,
 		ca:          ca,
-		routes:      router{hosts: map[string]*upstream{}},
-		denyUnknown: cfg.UnknownHosts == "deny",
+		fixed:       fixedOf(cfg),
 		timeouts:    cfg.Timeouts,
 		dial:        dial,
 		tunnelConns: map[net.Conn]struct{}{},
 	}
-	connectTo := map[string]string{}
-	for i := range cfg.Upstreams {
-		u := &cfg.Upstreams[i]
-		cu := compileUpstream(u)
-		for _, h := range u.Hosts {
-			s.routes.hosts[h] = cu
-			if u.ConnectTo != "" {
-				connectTo[h] = u.ConnectTo
-			}
-		}
-	}
-	s.transport = newTransport(cfg, roots, connectTo, dial)
+	s.policy.Store(policy)
+	s.transport = s.newTransport(cfg, roots, dial)
 	s.buffers = newBuffers()
 	s.upgrader = &httputil.ReverseProxy{
 		Rewrite:    func(*httputil.ProxyRequest) {}, // the URL is already absolute; no X-Forwarded-*
@@ -221,10 +229,13 @@ func (s *Server) AdminHandler() http.Handler {
 	return mux
 }
 
-func newTransport(cfg *config.Config, roots *x509.CertPool, connectTo map[string]string, dial func(context.Context, string, string) (net.Conn, error)) *http.Transport {
+// newTransport is the upstream transport. It dials the connect_to of the
+// policy in force when the connection is opened.
+func (s *Server) newTransport(cfg *config.Config, roots *x509.CertPool, dial func(context.Context, string, string) (net.Conn, error)) *http.Transport {
 	return &http.Transport{
 		Proxy: nil, // never read HTTP_PROXY: the proxy must not dial itself
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			connectTo := s.policy.Load().connectTo
 			if to, ok := connectTo[strings.ToLower(addr)]; ok {
 				addr = to
 			} else if to, ok := connectTo[strings.ToLower(hostOnly(addr))]; ok {
