@@ -28,6 +28,7 @@ const (
 	decisionUnlimited  = "unlimited"   // host without a policy, forwarded
 	decisionDenied     = "denied"      // host without a policy, refused
 	decisionError      = "error"       // the proxy could not get an answer
+	decisionShutdown   = "shutdown"    // still waiting at the shutdown deadline: 503
 )
 
 // exchange is what the proxy learns about one request, for its log line.
@@ -103,6 +104,10 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, x *exchang
 		err = ue.Err // never echo the URL: its query may hold a credential
 	}
 	if r.Context().Err() != nil {
+		if errors.Is(context.Cause(r.Context()), errShuttingDown) {
+			s.shuttingDown(w, x)
+			return
+		}
 		x.decision = decisionClientGone
 		x.err = "client went away"
 		return
@@ -121,6 +126,30 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, x *exchang
 		return
 	}
 	s.writeError(w, x, http.StatusBadGateway, "UPSTREAM_UNREACHABLE", "the upstream could not be reached: "+x.err)
+}
+
+// shuttingDown answers a request that Shutdown stopped at its deadline:
+// 503 with the time to its slot as Retry-After (at least 1s), so that a
+// client retrying then does not overrun the quota the proxy was keeping.
+func (s *Server) shuttingDown(w http.ResponseWriter, x *exchange) {
+	x.decision = decisionShutdown
+	x.err = errShuttingDown.Error()
+	wait := time.Duration(0)
+	for _, g := range x.gatePtrs {
+		if g != nil {
+			wait = max(wait, time.Until(g.res.At))
+		}
+	}
+	secs := ceilSeconds(wait)
+	msg := "the proxy is shutting down and stopped this request before the upstream answered it"
+	if x.first.sentAt.Load() == 0 && x.attempts <= 1 {
+		msg = "the proxy is shutting down and stopped this request before sending it"
+	}
+	w.Header().Set("Retry-After", itoa(secs))
+	writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: errorDetail{
+		Code: "PROXY_SHUTTING_DOWN", Message: msg + "; retry after " + itoa(secs) + "s", RetryAfterSeconds: secs, Source: "proxy",
+	}})
+	x.status = http.StatusServiceUnavailable
 }
 
 // neverSent reports errors that happen before any byte of the request

@@ -50,6 +50,11 @@ type Server struct {
 	buffers   *sync.Pool             // body copy buffers (*[]byte)
 	upgrader  *httputil.ReverseProxy // forwards protocol upgrades (WebSocket)
 
+	// base is the context of every connection; Shutdown cancels it with
+	// errShuttingDown at its deadline, which stops what still waits.
+	base        context.Context
+	stopWaiting context.CancelCauseFunc
+
 	outer       *http.Server   // the proxy listener
 	inner       *http.Server   // serves intercepted TLS connections
 	innerLn     *connListener  // feeds inner
@@ -121,6 +126,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		tunnelConns: map[net.Conn]struct{}{},
 	}
 	s.policy.Store(policy)
+	s.base, s.stopWaiting = context.WithCancelCause(context.Background())
 	s.transport = s.newTransport(cfg, roots, dial)
 	s.buffers = newBuffers()
 	s.upgrader = &httputil.ReverseProxy{
@@ -144,11 +150,13 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 
 	errLog := zap.NewStdLog(log.Named("http"))
+	base := func(net.Listener) context.Context { return s.base }
 	s.outer = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: time.Duration(cfg.Timeouts.ClientHeader),
 		IdleTimeout:       time.Duration(cfg.Timeouts.ClientIdle),
 		ErrorLog:          errLog,
+		BaseContext:       base,
 	}
 	s.innerLn = newConnListener()
 	s.inner = &http.Server{
@@ -156,6 +164,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		ReadHeaderTimeout: time.Duration(cfg.Timeouts.ClientHeader),
 		IdleTimeout:       time.Duration(cfg.Timeouts.ClientIdle),
 		ErrorLog:          errLog,
+		BaseContext:       base,
 		ConnContext:       interceptedContext,
 	}
 	tlsConfig := &tls.Config{
@@ -184,13 +193,30 @@ func (s *Server) CA() *CA { return s.ca }
 // http.ErrServerClosed after Shutdown.
 func (s *Server) Serve(ln net.Listener) error { return s.outer.Serve(ln) }
 
-// Shutdown stops accepting connections, lets requests in flight (queued
-// ones included) finish until ctx is done, then closes what remains,
-// tunnels included.
+// errShuttingDown is the cause with which Shutdown, at its deadline,
+// cancels the requests still in the proxy: they are answered 503 with
+// Retry-After.
+var errShuttingDown = errors.New("the proxy is shutting down")
+
+// answerGrace is how long Shutdown waits, after its deadline, for the
+// answers to the requests it stopped to be written.
+const answerGrace = time.Second
+
+// Shutdown stops accepting connections and lets the requests in flight,
+// queued ones included, finish until ctx is done. Then it stops the
+// requests still waiting for their slot or for the upstream's answer and
+// answers each 503 with Retry-After (never a closed connection), gives
+// those answers up to a second to be written, and closes what remains,
+// tunnels included. It returns ctx's error when it had to stop requests or
+// tunnels.
 func (s *Server) Shutdown(ctx context.Context) error {
-	innerErr := make(chan error, 1)
-	go func() { innerErr <- s.inner.Shutdown(ctx) }()
-	err := errors.Join(s.outer.Shutdown(ctx), <-innerErr)
+	err := s.shutdownServers(ctx)
+	if err != nil && ctx.Err() != nil {
+		s.stopWaiting(errShuttingDown)
+		grace, cancel := context.WithTimeout(context.Background(), answerGrace)
+		_ = s.shutdownServers(grace)
+		cancel()
+	}
 	s.tunnelMu.Lock()
 	s.closing = true
 	s.tunnelMu.Unlock()
@@ -209,10 +235,22 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-waited
 		err = errors.Join(err, ctx.Err())
 	}
+	s.stopWaiting(errShuttingDown)
 	s.outer.Close()
 	s.inner.Close()
 	s.transport.CloseIdleConnections()
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
 	return err
+}
+
+// shutdownServers shuts both HTTP servers down until ctx is done. It may
+// be called again after a first call returned.
+func (s *Server) shutdownServers(ctx context.Context) error {
+	innerErr := make(chan error, 1)
+	go func() { innerErr <- s.inner.Shutdown(ctx) }()
+	return errors.Join(s.outer.Shutdown(ctx), <-innerErr)
 }
 
 // AdminHandler serves GET /healthz and GET /ca.pem.
