@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/x509"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
@@ -100,5 +102,56 @@ func BenchmarkLeafMint(b *testing.B) {
 		if _, err := ca.mint("api.example.com", time.Now()); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestTrustBundleIsTheSystemRootsPlusTheCA: the bundle holds every system
+// root and the proxy's CA, each once, however often it is rewritten, and a
+// "system" bundle holding only the proxy's CA is refused.
+func TestTrustBundleIsTheSystemRootsPlusTheCA(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := LoadOrCreateCA(filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := filepath.Join(dir, "roots.pem")
+	other, err := LoadOrCreateCA(filepath.Join(dir, "other.pem"), filepath.Join(dir, "other-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(roots, append([]byte("# a comment\n"), other.CertPEM()...), 0o644)
+	bundle := filepath.Join(dir, "ca-bundle.pem")
+	count := func() (n int, hasCA, hasRoot bool) {
+		data, err := os.ReadFile(bundle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			var b *pem.Block
+			if b, data = pem.Decode(data); b == nil {
+				return
+			}
+			n++
+			hasCA = hasCA || bytes.Contains(ca.CertPEM(), pem.EncodeToMemory(b))
+			hasRoot = hasRoot || bytes.Contains(other.CertPEM(), pem.EncodeToMemory(b))
+		}
+	}
+	t.Setenv("SSL_CERT_FILE", roots)
+	if err := WriteTrustBundle(bundle, ca); err != nil {
+		t.Fatal(err)
+	}
+	if n, hasCA, hasRoot := count(); n != 2 || !hasCA || !hasRoot {
+		t.Fatalf("bundle: %d certificates, CA %v, system root %v; want 2, both", n, hasCA, hasRoot)
+	}
+	t.Setenv("SSL_CERT_FILE", bundle) // a shell that already uses the bundle
+	if err := WriteTrustBundle(bundle, ca); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := count(); n != 2 {
+		t.Fatalf("rewritten from itself: %d certificates, want 2", n)
+	}
+	t.Setenv("SSL_CERT_FILE", filepath.Join(dir, "ca.pem"))
+	if err := WriteTrustBundle(bundle, ca); err == nil || !strings.Contains(err.Error(), "not a bundle of system roots") {
+		t.Fatalf("a bundle of the proxy's CA alone: %v", err)
 	}
 }
