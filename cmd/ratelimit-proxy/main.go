@@ -1,37 +1,26 @@
-// Command ratelimit-proxy runs the proxy.
+// Command ratelimit-proxy runs the proxy and helps operate it.
 //
-//	ratelimit-proxy -config config.yaml [-listen ADDR] [-admin ADDR] [-data-dir DIR]
+//	ratelimit-proxy [run] -config config.yaml [-listen ADDR] [-admin ADDR|off] [-data-dir DIR]
 //	ratelimit-proxy check -config config.yaml
+//	ratelimit-proxy ca path|export -config config.yaml
+//	ratelimit-proxy env -config config.yaml
+//	ratelimit-proxy health -config config.yaml | -admin ADDR
+//	ratelimit-proxy version
 //	ratelimit-proxy fingerprint < credential.txt
 //
-// The first form serves until SIGINT or SIGTERM, then shuts down
-// gracefully. check loads the configuration and reports the first problem.
-// fingerprint prints the fingerprint of a credential read from standard
-// input, as the logs show it and as overrides name it.
+// run (the default; serve is an alias) serves until SIGINT or SIGTERM,
+// then shuts down gracefully; SIGHUP or a change of the configuration file
+// reloads it. Every command has -h. Errors are one line on standard error
+// and exit status 1.
 package main
 
 import (
-	"bufio"
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
-	"time"
-
-	"github.com/ratelimit-proxy/ratelimit-proxy/config"
-	"github.com/ratelimit-proxy/ratelimit-proxy/proxy"
-	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 func main() {
@@ -41,151 +30,184 @@ func main() {
 	}
 }
 
+// cli is what a command reads and writes.
+type cli struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+}
+
+// A command is one verb of the command line.
+type command struct {
+	name    string
+	args    string // the synopsis after the name
+	summary string // one line, for the list of commands
+	about   string // what -h adds after the synopsis
+	run     func(c *cli, cmd *command, args []string) error
+}
+
+// commands are the verbs, in the order the usage lists them.
+var commands = []*command{
+	{
+		name: "run", args: "[-config FILE] [-listen ADDR] [-admin ADDR|off] [-data-dir DIR]",
+		summary: "serve the proxy (the default command; serve is an alias)",
+		about: `Serves until SIGINT or SIGTERM, then stops accepting, lets requests in
+flight and queued finish until timeouts.shutdown, answers what is still
+queued then with 503 and Retry-After, and exits 0. SIGHUP, or a change of
+the configuration file, reloads the configuration without dropping a
+request (see the README's "Reload").`,
+		run: runServe,
+	},
+	{
+		name: "check", args: "[-config FILE] [-listen ADDR] [-admin ADDR|off] [-data-dir DIR]",
+		summary: "check the configuration and print the effective policy of every upstream",
+		about: `Loads the configuration as run would (profiles expanded, defaults filled)
+and prints what every upstream enforces. A problem exits 1 with the file,
+line and field at fault.`,
+		run: runCheck,
+	},
+	{
+		name: "ca", args: "path|export [-config FILE] [-data-dir DIR]",
+		summary: "print the path of the proxy's CA certificate, or the certificate",
+		about: `ca path prints the path of the CA certificate clients must trust; ca
+export prints the certificate (PEM). Either creates the CA first when it
+does not exist yet, as run would.`,
+		run: runCA,
+	},
+	{
+		name: "env", args: "[-config FILE] [-listen ADDR] [-data-dir DIR] [-proxy URL]",
+		summary: "print the environment that routes an application through the proxy",
+		about: `Prints shell lines to paste (or eval) in the environment of an
+application: the proxy variables, and the CA variables of curl, Python,
+Node.js and OpenSSL pointing at DATA_DIR/ca-bundle.pem, a bundle of the
+system roots plus the proxy's CA (written now, and by run at start), so
+that both intercepted and tunnelled hosts are trusted. Java needs the
+keytool line printed as a comment.`,
+		run: runEnv,
+	},
+	{
+		name: "health", args: "[-config FILE | -admin ADDR] [-timeout D]",
+		summary: "exit 0 when the running proxy answers its admin /healthz",
+		about: `Asks the running proxy's admin address for /healthz: exit 0 when it
+answers 200, 1 otherwise. Needs no shell, so it serves as a container
+HEALTHCHECK.`,
+		run: runHealth,
+	},
+	{
+		name: "version", args: "", summary: "print the version",
+		about: `Prints the version (set at build time with
+-ldflags "-X main.version=v1.2.3", else the module's), the commit when
+known, and the Go version.`,
+		run: runVersion,
+	},
+	{
+		name: "fingerprint", args: "< credential.txt", summary: "print the fingerprint of a credential read from standard input",
+		about: `Prints the first 12 hex digits of the credential's SHA-256: how logs
+name a key, and what an override's fingerprint matches.`,
+		run: runFingerprint,
+	},
+}
+
+// aliases are other names of commands.
+var aliases = map[string]string{"serve": "run"}
+
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	cmd := "serve"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		cmd, args = args[0], args[1:]
-	}
-	switch cmd {
-	case "serve", "check":
-		fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-		fs.SetOutput(stderr)
-		path := fs.String("config", "config.yaml", "the configuration `file`")
-		listen := fs.String("listen", "", "proxy `address`, overriding the config's listen")
-		admin := fs.String("admin", "", "admin `address`, overriding the config's admin (\"off\" disables)")
-		dataDir := fs.String("data-dir", "", "data `directory` (the CA), overriding the config's data_dir")
-		if err := fs.Parse(args); err != nil {
-			return err
-		}
-		if fs.NArg() > 0 {
-			return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-		}
-		cfg, err := config.Load(*path)
-		if err != nil {
-			return err
-		}
-		if *listen != "" {
-			if err := config.CheckAddr(*listen); err != nil {
-				return fmt.Errorf("-listen: %w", err)
+	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr}
+	name := "run"
+	if len(args) > 0 {
+		switch args[0] {
+		case "-h", "-help", "--help", "help":
+			if len(args) > 1 && args[0] == "help" {
+				if cmd := lookup(args[1]); cmd != nil {
+					cmd.usage(stdout)
+					return nil
+				}
 			}
-			cfg.Listen = *listen
-		}
-		if *dataDir != "" {
-			cfg.SetDataDir(*dataDir)
-		}
-		switch *admin {
-		case "":
-		case "off":
-			cfg.Admin = ""
-		default:
-			if err := config.CheckAddr(*admin); err != nil {
-				return fmt.Errorf("-admin: %w (or \"off\")", err)
-			}
-			cfg.Admin = *admin
-		}
-		if cfg.Admin != "" && cfg.Admin == cfg.Listen && !strings.HasSuffix(cfg.Listen, ":0") {
-			return fmt.Errorf("the admin address and the proxy address are both %s: they must differ", cfg.Listen)
-		}
-		if cmd == "check" {
-			fmt.Fprintf(stdout, "%s: ok (%d upstreams)\n", *path, len(cfg.Upstreams))
+			usage(stdout)
 			return nil
 		}
-		return serve(cfg, stderr)
-	case "fingerprint":
-		line, err := bufio.NewReader(stdin).ReadString('\n')
-		if err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("reading the credential from standard input: %w", err)
+		if !strings.HasPrefix(args[0], "-") {
+			name, args = args[0], args[1:]
 		}
-		cred := strings.TrimSpace(line)
-		if cred == "" {
-			return errors.New("fingerprint reads one credential from standard input; got none")
-		}
-		sum := sha256.Sum256([]byte(cred))
-		fmt.Fprintln(stdout, hex.EncodeToString(sum[:])[:12])
-		return nil
-	default:
-		return fmt.Errorf("unknown command %q (want serve, check or fingerprint)", cmd)
 	}
+	cmd := lookup(name)
+	if cmd == nil {
+		var names []string
+		for _, cmd := range commands {
+			names = append(names, cmd.name)
+		}
+		return fmt.Errorf("unknown command %q (commands: %s; ratelimit-proxy -h explains them)", name, strings.Join(names, ", "))
+	}
+	return cmd.run(c, cmd, args)
 }
 
-func newLogger(cfg config.Log, w io.Writer) (*zap.Logger, func(), error) {
-	level, err := zapcore.ParseLevel(cfg.Level)
-	if err != nil {
-		return nil, nil, fmt.Errorf("log.level: %w", err)
+func lookup(name string) *command {
+	if a, ok := aliases[name]; ok {
+		name = a
 	}
-	encCfg := zap.NewProductionEncoderConfig()
-	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
-	var enc zapcore.Encoder
-	if cfg.Format == "console" {
-		enc = zapcore.NewConsoleEncoder(encCfg)
-	} else {
-		enc = zapcore.NewJSONEncoder(encCfg)
+	for _, cmd := range commands {
+		if cmd.name == name {
+			return cmd
+		}
 	}
-	// Buffered: one write per request would cost a system call each.
-	ws := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(w), Size: 256 << 10, FlushInterval: time.Second}
-	logger := zap.New(zapcore.NewCore(enc, ws, level))
-	return logger, func() { _ = ws.Stop() }, nil
+	return nil
 }
 
-func serve(cfg *config.Config, stderr io.Writer) error {
-	// Catch signals before anything announces that the proxy is up.
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(stop)
+func usage(w io.Writer) {
+	fmt.Fprint(w, `ratelimit-proxy keeps applications inside the quotas of the APIs they call.
 
-	log, flush, err := newLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
-	}
-	defer flush()
+Usage: ratelimit-proxy [COMMAND] [FLAGS]
 
-	srv, err := proxy.New(cfg, proxy.Options{Log: log, Store: quota.NewMemoryStore(nil)})
-	if err != nil {
-		return err
+Commands:
+`)
+	for _, cmd := range commands {
+		fmt.Fprintf(w, "  %-12s %s\n", cmd.name, cmd.summary)
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	var admin *http.Server
-	errs := make(chan error, 2)
-	if cfg.Admin != "" {
-		aln, err := net.Listen("tcp", cfg.Admin)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("admin: %w", err)
+	fmt.Fprint(w, `
+"ratelimit-proxy COMMAND -h" tells more about a command and its flags.
+`)
+}
+
+func (cmd *command) usage(w io.Writer) {
+	fmt.Fprintf(w, "Usage: ratelimit-proxy %s %s\n\n%s\n", cmd.name, cmd.args, cmd.about)
+}
+
+// flags returns an empty flag set for cmd.
+func (cmd *command) flags() *flag.FlagSet {
+	fs := flag.NewFlagSet(cmd.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned as one line; -h is printed by parse
+	fs.Usage = func() {}
+	return fs
+}
+
+// parse parses args into fs. It reports false when the command must stop:
+// after -h, which prints the command's usage and flags to stdout (err is
+// nil: exit 0), or on a flag error, returned as one line naming the
+// command. Arguments left after the flags are refused unless the command
+// takes some.
+func (cmd *command) parse(c *cli, fs *flag.FlagSet, args []string) (bool, error) {
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		cmd.usage(c.stdout)
+		hasFlags := false
+		fs.VisitAll(func(*flag.Flag) { hasFlags = true })
+		if hasFlags {
+			fmt.Fprintln(c.stdout, "\nFlags:")
+			fs.SetOutput(c.stdout)
+			fs.PrintDefaults()
+			fs.SetOutput(io.Discard)
 		}
-		admin = &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
-		go func() { errs <- admin.Serve(aln) }()
-		log.Info("admin listening", zap.String("addr", aln.Addr().String()))
+		return false, nil
 	}
-	log.Info("proxy listening",
-		zap.String("addr", ln.Addr().String()),
-		zap.String("ca_cert", cfg.CACert),
-		zap.String("ca_sha256", srv.CA().Fingerprint()),
-		zap.Int("upstreams", len(cfg.Upstreams)),
-		zap.String("store", "memory"))
-	_ = log.Sync()
-	go func() { errs <- srv.Serve(ln) }()
+	if err != nil {
+		return false, fmt.Errorf("%s: %v (ratelimit-proxy %s -h lists the flags)", cmd.name, err, cmd.name)
+	}
+	return true, nil
+}
 
-	var serveErr error
-	select {
-	case sig := <-stop:
-		log.Info("shutting down", zap.String("signal", sig.String()))
-	case serveErr = <-errs:
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.Timeouts.Shutdown))
-	defer cancel()
-	if admin != nil {
-		_ = admin.Shutdown(ctx)
-	}
-	shutErr := srv.Shutdown(ctx)
-	log.Info("stopped")
-	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
-		return serveErr
-	}
-	if shutErr != nil {
-		return fmt.Errorf("shutdown: %w", shutErr)
+// noArgs refuses arguments left after the flags.
+func noArgs(cmd *command, fs *flag.FlagSet) error {
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected argument %q", cmd.name, fs.Arg(0))
 	}
 	return nil
 }

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/ratelimit-proxy/ratelimit-proxy/config"
+	"github.com/ratelimit-proxy/ratelimit-proxy/proxy"
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+	"go.uber.org/zap"
+)
+
+func runServe(c *cli, cmd *command, args []string) error {
+	var cf configFlags
+	fs := cmd.flags()
+	cf.register(fs, true)
+	if ok, err := cmd.parse(c, fs, args); !ok {
+		return err
+	}
+	if err := noArgs(cmd, fs); err != nil {
+		return err
+	}
+	cfg, err := cf.load()
+	if err != nil {
+		return err
+	}
+	return serve(cfg, &cf, c.stderr)
+}
+
+func serve(cfg *config.Config, cf *configFlags, stderr io.Writer) error {
+	// Catch signals before anything announces that the proxy is up.
+	stop := make(chan os.Signal, 2)
+	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(stop)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	logs, err := newLogSink(cfg.Log, stderr)
+	if err != nil {
+		return fmt.Errorf("log: %w", err)
+	}
+	defer logs.close()
+	log := logs.log
+
+	srv, err := proxy.New(cfg, proxy.Options{Log: log, Store: quota.NewMemoryStore(nil)})
+	if err != nil {
+		return err
+	}
+	bundle := bundlePath(cfg)
+	if err := proxy.WriteTrustBundle(bundle, srv.CA()); err != nil {
+		log.Warn("the trust bundle of `ratelimit-proxy env` was not written", zap.String("path", bundle), zap.Error(err))
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	var admin *http.Server
+	errs := make(chan error, 2)
+	if cfg.Admin != "" {
+		aln, err := net.Listen("tcp", cfg.Admin)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("admin: %w", err)
+		}
+		admin = &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { errs <- admin.Serve(aln) }()
+		log.Info("admin listening", zap.String("addr", aln.Addr().String()))
+	}
+	log.Info("proxy listening",
+		zap.String("addr", ln.Addr().String()),
+		zap.String("ca_cert", cfg.CACert),
+		zap.String("ca_sha256", srv.CA().Fingerprint()),
+		zap.Int("upstreams", len(cfg.Upstreams)),
+		zap.String("store", "memory"))
+	_ = log.Sync()
+	go func() { errs <- srv.Serve(ln) }()
+
+	changes, stopWatch := watchConfig(cf.path, log)
+	defer stopWatch()
+
+	running := cfg
+	var serveErr error
+loop:
+	for {
+		select {
+		case sig := <-stop:
+			log.Info("shutting down", zap.String("signal", sig.String()),
+				zap.Duration("deadline", time.Duration(running.Timeouts.Shutdown)))
+			break loop
+		case <-hup:
+			running = reload(srv, logs, cf, running)
+		case <-changes:
+			running = reload(srv, logs, cf, running)
+		case serveErr = <-errs:
+			break loop
+		}
+	}
+	_ = log.Sync()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(running.Timeouts.Shutdown))
+	defer cancel()
+	go func() {
+		select {
+		case sig := <-stop:
+			log.Warn("second signal: answering what still waits now", zap.String("signal", sig.String()))
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	shutErr := srv.Shutdown(ctx)
+	if admin != nil {
+		actx, acancel := context.WithTimeout(context.Background(), time.Second)
+		_ = admin.Shutdown(actx)
+		acancel()
+	}
+	if errors.Is(shutErr, context.DeadlineExceeded) || errors.Is(shutErr, context.Canceled) {
+		// Expected when requests still waited: they were answered 503.
+		log.Info("shutdown deadline reached: requests still waiting were answered 503")
+		shutErr = nil
+	}
+	log.Info("stopped")
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	if shutErr != nil {
+		return fmt.Errorf("shutdown: %w", shutErr)
+	}
+	return nil
+}
+
+// reload reloads the configuration file through srv.Reload, which logs
+// the outcome, and returns the configuration in force after it. Changes of
+// listen, admin and data_dir are refused: they need a restart.
+func reload(srv *proxy.Server, logs *logSink, cf *configFlags, running *config.Config) *config.Config {
+	var next *config.Config
+	err := srv.Reload(func() (*config.Config, error) {
+		cfg, err := cf.load()
+		if err != nil {
+			return nil, err
+		}
+		var fields []string
+		if cfg.Listen != running.Listen {
+			fields = append(fields, "listen")
+		}
+		if cfg.Admin != running.Admin {
+			fields = append(fields, "admin")
+		}
+		if cfg.DataDir != running.DataDir {
+			fields = append(fields, "data_dir")
+		}
+		if len(fields) > 0 {
+			return nil, &proxy.RestartNeededError{Fields: fields}
+		}
+		next = cfg
+		return cfg, nil
+	})
+	if err != nil {
+		return running
+	}
+	if err := logs.apply(next.Log); err != nil {
+		// Load checked the log settings: this does not happen.
+		logs.log.Error("log settings not applied", zap.Error(err))
+	}
+	return next
+}
