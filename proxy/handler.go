@@ -65,6 +65,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	x := &exchange{start: time.Now()}
 	defer s.logExchange(r, x)
+	if ce := s.log.Check(zap.DebugLevel, "request received"); ce != nil {
+		// Shows a request while it waits; the "request" line comes when
+		// it is answered.
+		ce.Write(zap.String("method", r.Method), zap.String("host", r.Host), zap.String("path", r.URL.Path))
+	}
 
 	if target, ok := r.Context().Value(interceptKey{}).(string); ok {
 		r.URL.Scheme, r.URL.Host = "https", target
