@@ -6,8 +6,10 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ratelimit-proxy ./cmd/ratelimit-proxy \
- && /out/ratelimit-proxy check -config config.example.yaml
+# The version `ratelimit-proxy version` prints: docker build --build-arg VERSION=v1.2.3 .
+ARG VERSION=dev
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.version=${VERSION}" -o /out/ratelimit-proxy ./cmd/ratelimit-proxy \
+ && /out/ratelimit-proxy check -config config.example.yaml >/dev/null
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/ratelimit-proxy /usr/local/bin/ratelimit-proxy
@@ -15,6 +17,8 @@ COPY config.example.yaml /etc/ratelimit-proxy/config.yaml
 # The CA lives in /data: keep it in a volume so clients trust it across restarts.
 VOLUME ["/data"]
 EXPOSE 8080 8081
+# The image has no shell: the binary asks its own admin /healthz.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=5s CMD ["/usr/local/bin/ratelimit-proxy", "health", "-admin", "127.0.0.1:8081"]
 ENTRYPOINT ["/usr/local/bin/ratelimit-proxy"]
 # Inside a container the proxy must listen on all interfaces; publish the
 # ports on loopback (or a private network) only.

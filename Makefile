@@ -34,8 +34,10 @@ fuzz-smoke:
 	  done; \
 	done
 
+## build: the binary in bin/; `ratelimit-proxy version` prints VERSION
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ratelimit-proxy ./cmd/ratelimit-proxy
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/ratelimit-proxy ./cmd/ratelimit-proxy
 
 ## bench-smoke: a tiny version of every benchmark row (installs the peers with apt when missing)
 bench-smoke:
