@@ -57,12 +57,12 @@ func TestReloadJudgesAKeyByItsNewLimitsAgainstItsHistory(t *testing.T) {
 func TestReloadUnderLoadKeepsQueuedRequests(t *testing.T) {
 	rec := newRecorder(t, false)
 	other := newRecorder(t, false)
-	p := startProxy(t, upstreamYAML(rec, "limits: [1/300ms]\nwindow_margin: 10ms\n"))
+	p := startProxy(t, upstreamYAML(rec, "limits: [1/500ms]\nwindow_margin: 10ms\n"))
 	c := p.client()
 	if code, _, _ := get(t, c, "http://api.test/first", "k"); code != 200 {
 		t.Fatalf("first request: %d", code)
 	}
-	const queued = 4
+	const queued = 3 // slots at about 0.5s, 1s and 1.5s
 	codes := make(chan int, queued)
 	var wg sync.WaitGroup
 	for range queued {
@@ -80,9 +80,9 @@ func TestReloadUnderLoadKeepsQueuedRequests(t *testing.T) {
 			codes <- resp.StatusCode
 		}()
 	}
-	waitFor(t, "the requests to queue", func() bool { return p.queued(t, "api", "k") >= queued-1 })
+	waitFor(t, "the requests to queue", func() bool { return p.queued(t, "api", "k") >= 2 })
 
-	next := upstreamYAML(rec, "limits: [1/300ms]\nwindow_margin: 10ms\n") + fmt.Sprintf(`  - name: other
+	next := upstreamYAML(rec, "limits: [1/500ms]\nwindow_margin: 10ms\n") + fmt.Sprintf(`  - name: other
     hosts: [other.test]
     connect_to: %s
     identity: [{header: apikey}]
@@ -99,8 +99,10 @@ func TestReloadUnderLoadKeepsQueuedRequests(t *testing.T) {
 			t.Errorf("a request queued across the reload got %d, want 200", code)
 		}
 	}
+	// They kept their slots, 500ms apart (checked over 300ms: the
+	// recorder's clock may lag on a loaded machine).
 	if got := maxInWindow(rec.arrivals("k"), 300*time.Millisecond); got > 1 {
-		t.Errorf("upstream saw %d requests of k within 300ms, limit 1", got)
+		t.Errorf("upstream saw %d requests of k within 300ms, limit 1/500ms", got)
 	}
 	for i, want := range []int{200, 429} {
 		if code, _, _ := get(t, c, "http://other.test/", "k"); code != want {
