@@ -139,6 +139,8 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, x *exchang
 func (s *Server) shuttingDown(w http.ResponseWriter, x *exchange) {
 	x.decision = decisionShutdown
 	x.err = errShuttingDown.Error()
+	// The slot is in the store's time, the wall clock for the stores the
+	// proxy runs with (the memory store's system clock, Redis's TIME).
 	wait := time.Duration(0)
 	for _, g := range x.gatePtrs {
 		if g != nil {

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -143,13 +144,14 @@ func TestCAPathAndExport(t *testing.T) {
 // TestHealthAsksTheAdminHealthz: health exits 0 when /healthz answers 200,
 // 1 with one line otherwise; the address comes from -admin or the config.
 func TestHealthAsksTheAdminHealthz(t *testing.T) {
-	status := http.StatusOK
+	var status atomic.Int32
+	status.Store(http.StatusOK)
 	admin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/healthz" {
 			http.NotFound(w, r)
 			return
 		}
-		w.WriteHeader(status)
+		w.WriteHeader(int(status.Load()))
 		w.Write([]byte("store unreachable\nmore"))
 	}))
 	defer admin.Close()
@@ -161,7 +163,7 @@ func TestHealthAsksTheAdminHealthz(t *testing.T) {
 			t.Errorf("%v: exit %d, %q %q; want 0", args, code, stdout, stderr)
 		}
 	}
-	status = http.StatusServiceUnavailable
+	status.Store(http.StatusServiceUnavailable)
 	code, _, stderr := runMain(t, nil, "health", "-admin", addr)
 	if code != 1 || !strings.Contains(stderr, "answered 503 Service Unavailable: store unreachable\n") {
 		t.Errorf("health of a 503: exit %d, %q", code, stderr)
