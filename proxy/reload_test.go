@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -69,15 +68,11 @@ func TestReloadUnderLoadKeepsQueuedRequests(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequest(http.MethodGet, "http://api.test/queued", nil)
-			req.Header.Set("apikey", "k")
-			resp, err := c.Do(req)
+			a, err := fetch(c, "http://api.test/queued", "k")
 			if err != nil {
-				codes <- -1
-				return
+				t.Error(err)
 			}
-			resp.Body.Close()
-			codes <- resp.StatusCode
+			codes <- a.code
 		}()
 	}
 	waitFor(t, "the requests to queue", func() bool { return p.queued(t, "api", "k") >= 2 })

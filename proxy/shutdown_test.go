@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -39,25 +37,15 @@ func TestShutdownAnswersWhatStillWaitsWith503(t *testing.T) {
 	if code, _, _ := get(t, c, "http://api.test/a", "k"); code != 200 {
 		t.Fatalf("first request: %d", code)
 	}
-	type answer struct {
-		name       string
-		code       int
-		retryAfter string
-		body       string
-		err        error
+	type result struct {
+		name string
+		answer
+		err error
 	}
-	answers := make(chan answer, 3)
+	results := make(chan result, 3)
 	send := func(name, url string) {
-		req, _ := http.NewRequest(http.MethodGet, url, nil)
-		req.Header.Set("apikey", "k")
-		resp, err := c.Do(req)
-		if err != nil {
-			answers <- answer{name: name, err: err}
-			return
-		}
-		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		answers <- answer{name, resp.StatusCode, resp.Header.Get("Retry-After"), string(body), err}
+		a, err := fetch(c, url, "k")
+		results <- result{name, a, err}
 	}
 	go send("in flight", "https://other.test/slow")
 	waitFor(t, "the slow request to reach its upstream", func() bool { return len(secure.arrivals("k")) == 1 })
@@ -71,9 +59,9 @@ func TestShutdownAnswersWhatStillWaitsWith503(t *testing.T) {
 		t.Errorf("Shutdown with requests left at its deadline: %v, want context.DeadlineExceeded", err)
 	}
 	for range 3 {
-		var a answer
+		var a result
 		select {
-		case a = <-answers:
+		case a = <-results:
 		case <-time.After(10 * time.Second):
 			t.Fatal("a client got no answer 10s after Shutdown returned")
 		}
@@ -89,9 +77,10 @@ func TestShutdownAnswersWhatStillWaitsWith503(t *testing.T) {
 		}
 		var e struct{ Error struct{ Code string } }
 		json.Unmarshal([]byte(a.body), &e)
-		secs, _ := strconv.Atoi(a.retryAfter)
+		retryAfter := a.header.Get("Retry-After")
+		secs, _ := strconv.Atoi(retryAfter)
 		if a.code != 503 || e.Error.Code != "PROXY_SHUTTING_DOWN" || secs < 3000 {
-			t.Errorf("%s: %d %s, Retry-After %q; want 503 PROXY_SHUTTING_DOWN with Retry-After the ~3600s to its slot", a.name, a.code, a.body, a.retryAfter)
+			t.Errorf("%s: %d %s, Retry-After %q; want 503 PROXY_SHUTTING_DOWN with Retry-After the ~3600s to its slot", a.name, a.code, a.body, retryAfter)
 		}
 	}
 	logs := p.logs.String()
