@@ -53,8 +53,10 @@
 // Resets (3 to 8) count only for exhausted windows: a reset whose Remaining
 // header is above zero is not a wait (a GitHub secondary limit carries the
 // primary window's reset, up to an hour away). With several exhausted
-// windows the largest reset wins. Absolute times are measured from the
-// response Date header, so upstream clock skew does not matter. Absurd
+// windows the largest reset wins. Absolute times become waits from now:
+// t-now when the local clock agrees with the response Date header (Date <=
+// now < Date+1s), exact; t-Date when it does not, which corrects a skewed
+// upstream clock and never ends before the upstream's own t. Absurd
 // values (negative, past, 1e999, years) are clamped to the Bounds.
 //
 // # Quota dialects

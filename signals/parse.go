@@ -172,17 +172,32 @@ func allValues(h http.Header, name string) []string {
 	return out
 }
 
-// clock resolves absolute times sent by the upstream. Its base is the
-// response Date header when that parses, otherwise the local time, so an
-// upstream whose clock differs from ours still yields the wait it meant.
+// clock turns absolute times sent by the upstream (epochs, HTTP-dates,
+// RFC 3339) into waits from now, the local time the response was read.
+//
+// The response Date header has whole seconds: when the upstream answered,
+// its clock read an instant in [Date, Date+1s), and it has read at least
+// Date ever since. When the local clock agrees with Date (Date <= now <
+// Date+1s), the two clocks are taken to be one and an absolute time t is
+// t-now away: exact, where measuring from Date would add the fraction of
+// a second that Date drops. When they disagree, the upstream's clock is
+// off by a skew that Date measures to within a second, and t is t-Date
+// away: as the upstream's clock reads at least Date now, that never ends
+// before the upstream's own t, and it ends at most a second (plus the
+// response's transit) after it. A skew under a second is below what Date
+// can show and is taken as none: an upstream clock that far behind ours
+// ends the wait that much early. Without a Date that parses, t is t-now
+// away.
 type clock struct {
-	base time.Time
+	base time.Time // the instant absolute times are measured from
 }
 
 func newClock(hs *headers, now time.Time) clock {
 	if d := hs.get("date"); d != "" {
-		if t, err := http.ParseTime(d); err == nil {
-			return clock{base: t}
+		if date, err := http.ParseTime(d); err == nil {
+			if now.Before(date) || !now.Before(date.Add(time.Second)) {
+				return clock{base: date} // skewed: correct by what Date shows
+			}
 		}
 	}
 	return clock{base: now}
@@ -193,11 +208,28 @@ func (c clock) until(t time.Time) time.Duration {
 	return t.Sub(c.base)
 }
 
-// untilUnix returns the time from the base to the Unix time sec (seconds,
-// possibly fractional or infinite).
-func (c clock) untilUnix(sec float64) time.Duration {
-	base := float64(c.base.Unix()) + float64(c.base.Nanosecond())/1e9
-	return secondsToDuration(sec - base)
+// untilUnix returns the time from the base to the Unix time v, counted in
+// milliseconds when ms is set and in seconds otherwise; v may be fractional
+// or infinite. Whole seconds and milliseconds are converted exactly, so a
+// reset on a whole second is never read a float rounding error early.
+func (c clock) untilUnix(v float64, ms bool) time.Duration {
+	const far = 9e15 // beyond any sane time, still exact in a float64
+	switch {
+	case math.IsNaN(v):
+		return 0
+	case v >= far:
+		return math.MaxInt64
+	case v <= -far:
+		return math.MinInt64
+	}
+	whole := math.Floor(v)
+	frac := v - whole // in [0, 1) of the unit
+	sec, nsec := whole, math.Round(frac*1e9)
+	if ms {
+		sec = math.Floor(whole / 1000)
+		nsec = (whole-sec*1000)*1e6 + math.Round(frac*1e6)
+	}
+	return time.Unix(int64(sec), int64(nsec)).Sub(c.base)
 }
 
 // trimValue removes surrounding white space and one pair of double quotes.
@@ -406,14 +438,14 @@ func parseTime(s string) (time.Time, bool) {
 // resetValue parses a reset header value into the time until the reset.
 // A bare number above 1e12 is epoch milliseconds, above 1e9 epoch seconds,
 // otherwise delta seconds; fractions are allowed. Epochs and absolute times
-// are resolved against the clock's base (the response Date when present).
+// are resolved with the clock (see clock).
 func resetValue(s string, c clock) (time.Duration, bool) {
 	if f, ok := parseNumber(s); ok {
 		switch {
 		case f > 1e12:
-			return c.untilUnix(f / 1000), true
+			return c.untilUnix(f, true), true
 		case f > 1e9:
-			return c.untilUnix(f), true
+			return c.untilUnix(f, false), true
 		}
 		return secondsToDuration(f), true
 	}

@@ -34,8 +34,8 @@ type Window struct {
 	// Remaining is the number of units left, or Unknown. Never negative
 	// otherwise, and never above a known Limit.
 	Remaining int64
-	// Reset is the time until the window resets, measured from the
-	// response (its Date header when present), or Unknown. Otherwise it
+	// Reset is the time from now until the window resets (absolute
+	// resets are resolved as Wait resolves them), or Unknown. Otherwise it
 	// lies within [0, MaxReset].
 	Reset time.Duration
 	// Period is the window length, or Unknown. Otherwise it lies within
@@ -104,8 +104,8 @@ var anthropicDims = [...]string{"requests", "tokens", "input-tokens", "output-to
 //     and -Max/-Remaining/-Interval-Milliseconds (HubSpot).
 //
 // Header names match ignoring case. Reset values follow the rules of Wait
-// (epochs and times measured from the response Date header when it parses,
-// otherwise from now). Windows that describe the same limit are merged into
+// (absolute times become waits from now, read against the response Date
+// header). Windows that describe the same limit are merged into
 // the earlier one: a named window joins the one earlier window of that name
 // (a draft -08 RateLimit item its policy); an unnamed window (RateLimit-Limit,
 // X-RateLimit-Limit) joins the one earlier window with the same Limit and

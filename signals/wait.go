@@ -106,9 +106,13 @@ func derive(src Source, hs *headers, c clock) (time.Duration, bool) {
 // A reset (steps 3 to 8) counts only when its window is exhausted: it is
 // skipped when the matching Remaining header reports more than zero, as a
 // GitHub secondary limit does, whose primary reset may be an hour away.
-// Absolute times (HTTP-dates, epochs, RFC 3339) are measured from the
-// response Date header when it parses, otherwise from now, so a skewed
-// upstream clock does not distort the wait.
+// Absolute times (HTTP-dates, epochs, RFC 3339) are turned into waits
+// from now: when the local clock agrees with the response Date header
+// (Date <= now < Date+1s, the header's resolution), the wait is t-now,
+// exact; otherwise the upstream's clock is skewed and the wait is t-Date,
+// corrected by the skew Date shows, never ending before the upstream's own
+// t and at most a second (plus the response's transit) after it. Without a
+// Date that parses, the wait is t-now.
 //
 // Unparsable values are skipped, not trusted, and the next signal is
 // tried; NaN counts as unparsable. Parsable but absurd values (negative,
