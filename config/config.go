@@ -118,6 +118,9 @@ type Upstream struct {
 	// Learn says what the proxy takes from the quota headers the upstream
 	// sends.
 	Learn Learn `yaml:"learn"`
+	// Answer adds what the vendor's own SDKs look for to every 429 the
+	// proxy gives for this upstream (see Answer).
+	Answer Answer `yaml:"answer"`
 }
 
 // Throttle configures how upstream throttles are recognised and handled.
@@ -590,6 +593,9 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 		}
 		if u.MaxQueue < 0 {
 			return fail(p+".max_queue", "must not be negative")
+		}
+		if path, err := u.Answer.check(p + ".answer"); err != nil {
+			return fail(path, "%v", err)
 		}
 		for j, o := range u.Overrides {
 			op := fmt.Sprintf("%s.overrides[%d]", p, j)

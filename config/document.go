@@ -71,6 +71,31 @@ func (d *document) check(n *yaml.Node, t reflect.Type, path string) error {
 				return err
 			}
 		}
+	case reflect.Map:
+		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+			return nil
+		}
+		if n.Kind != yaml.MappingNode {
+			return d.errorf(n, "%s: want a mapping", display(path))
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if k.Kind != yaml.ScalarNode {
+				return d.errorf(k, "%s: want a plain key", display(path))
+			}
+			d.paths[k] = join(path, k.Value)
+			if err := d.check(v, t.Elem(), join(path, k.Value)); err != nil {
+				return err
+			}
+		}
+	case reflect.Interface:
+		// Any value: aliases are refused and paths recorded, all the way down.
+		switch n.Kind {
+		case yaml.MappingNode:
+			return d.check(n, reflect.TypeFor[map[string]any](), path)
+		case yaml.SequenceNode:
+			return d.check(n, reflect.TypeFor[[]any](), path)
+		}
 	case reflect.String:
 		if n.Kind != yaml.ScalarNode {
 			return d.errorf(n, "%s: want a string", display(path))
