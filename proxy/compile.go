@@ -202,6 +202,7 @@ func compileUpstream(u *config.Upstream, path string) (*upstream, error) {
 		return fail("learn.threshold", "%v: want a share from 0 to below 1", t)
 	}
 	c.learn.threshold = *u.Learn.Threshold
+	c.answer = compileAnswer(u.Answer)
 
 	for j, r := range u.Identity {
 		rp := fmt.Sprintf("identity[%d]", j)

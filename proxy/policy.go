@@ -34,6 +34,7 @@ type upstream struct {
 
 	throttle throttlePolicy
 	learn    learnPolicy
+	answer   answerPolicy
 	buckets  *bucketMap // shared with the same upstream after a reload
 }
 
