@@ -2,21 +2,31 @@
 # The one install step of ratelimit-proxy: what `make test`, `make bench` and
 # CI need beyond Go, installed from Debian's packages when missing.
 #
-#   bash scripts/deps.sh GROUP...       # groups: test, bench (default: test bench)
+#   bash scripts/deps.sh GROUP...       # groups: test, bench, sdk (default: test bench)
 #
 # Each group lists the commands it needs and the Debian package that brings
 # each one. Only what is missing is installed, with `apt-get install` (as root,
 # or through sudo), and the step fails unless every command is there after.
-# A new dependency is one line in need_GROUP below.
+# A new dependency is one line in need_GROUP below. A group may also have a
+# step after_GROUP that runs once its packages are there (sdk: `npm ci`).
 #
 # Environment:
 #   NO_INSTALL=1  install nothing: name what is missing and go on (the tests
 #                 that need it skip, saying so). Under CI=true a missing
 #                 command is a failure, never a skip.
 #   APT_GET       the installer to run (default apt-get); tests stub it.
+#   PYTHON3       Debian's Python, whose modules Debian's packages bring
+#                 (default /usr/bin/python3); tests stub it.
+#   SDK_DIR       the npm project of the SDK tests (default
+#                 proxy/testdata/sdk); tests point it elsewhere.
 set -euo pipefail
 
-# need_GROUP prints "command package" pairs.
+root=$(cd "$(dirname "$0")/.." && pwd)
+python3=${PYTHON3:-/usr/bin/python3}
+sdk_dir=${SDK_DIR:-$root/proxy/testdata/sdk}
+
+# need_GROUP prints "command package" pairs. A command written
+# python3:MODULE is that module of Debian's Python.
 need_test() {
   echo "curl curl"
 }
@@ -26,8 +36,54 @@ need_bench() {
   echo "tinyproxy tinyproxy"
   echo "mitmdump mitmproxy"
 }
+need_sdk() {
+  echo "node nodejs"
+  echo "npm npm"
+  echo "python3:requests python3-requests"
+}
+
+# after_sdk installs the SDKs that proxy/sdk_test.go runs, exactly as
+# package-lock.json pins them, unless they already are.
+after_sdk() {
+  local stamp=$sdk_dir/node_modules/.deps-lock.json
+  if cmp -s "$sdk_dir/package-lock.json" "$stamp"; then
+    say "the SDKs of $sdk_dir are installed"
+    return 0
+  fi
+  if [[ "${NO_INSTALL:-}" == 1 ]]; then
+    if [[ "${CI:-}" == true ]]; then
+      say "the SDKs of $sdk_dir are not installed, and NO_INSTALL=1 under CI=true: a skip would hide a broken install step"
+      return 1
+    fi
+    say "NO_INSTALL=1: not running npm ci in $sdk_dir; the SDK tests will be skipped"
+    return 0
+  fi
+  say "npm ci in $sdk_dir"
+  if ! (cd "$sdk_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null); then
+    say "npm ci in $sdk_dir failed"
+    return 1
+  fi
+  cp "$sdk_dir/package-lock.json" "$stamp"
+}
 
 say() { echo "deps: $*" >&2; }
+
+# have reports whether a need is met.
+have() {
+  case $1 in
+    python3:*) [[ -x $python3 ]] && "$python3" -c "import ${1#python3:}" >/dev/null 2>&1 ;;
+    *) command -v "$1" >/dev/null 2>&1 ;;
+  esac
+}
+
+# after runs the after_GROUP steps of the groups that have one.
+after() {
+  for g in "${groups[@]}"; do
+    if declare -F "after_$g" >/dev/null; then
+      "after_$g" || exit 1
+    fi
+  done
+}
 
 groups=("$@")
 ((${#groups[@]})) || groups=(test bench)
@@ -36,11 +92,11 @@ missing_cmds=()
 missing_pkgs=()
 for g in "${groups[@]}"; do
   if ! declare -F "need_$g" >/dev/null; then
-    say "unknown group \"$g\" (known: test, bench)"
+    say "unknown group \"$g\" (known: test, bench, sdk)"
     exit 2
   fi
   while read -r cmd pkg; do
-    command -v "$cmd" >/dev/null 2>&1 && continue
+    have "$cmd" && continue
     missing_cmds+=("$cmd")
     # One package can bring several commands: name it once.
     [[ " ${missing_pkgs[*]} " == *" $pkg "* ]] || missing_pkgs+=("$pkg")
@@ -49,6 +105,7 @@ done
 
 if ((${#missing_cmds[@]} == 0)); then
   say "everything needed for ${groups[*]} is installed"
+  after
   exit 0
 fi
 
@@ -82,10 +139,11 @@ if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" "$apt_get" install -y -qq --no-
 fi
 still=()
 for cmd in "${missing_cmds[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || still+=("$cmd")
+  have "$cmd" || still+=("$cmd")
 done
 if ((${#still[@]})); then
-  say "installed ${missing_pkgs[*]}, but ${still[*]} is still not on PATH"
+  say "installed ${missing_pkgs[*]}, but ${still[*]} is still missing"
   exit 1
 fi
 say "installed ${missing_pkgs[*]}"
+after

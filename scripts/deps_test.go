@@ -19,6 +19,18 @@ var packageCommands = map[string][]string{
 	"nginx-light": {"nginx"},
 	"tinyproxy":   {"tinyproxy"},
 	"mitmproxy":   {"mitmdump"},
+	"nodejs":      {"node"},
+	"npm":         {"npm"},
+	// A module of Debian's Python: the stub python3 finds it by this file.
+	"python3-requests": {"python3-requests.module"},
+}
+
+// stubBodies are the commands whose stubs do something: npm logs its
+// arguments beside apt-get's and makes node_modules; Debian's Python
+// imports a module when its package was installed.
+var stubBodies = map[string]string{
+	"npm":     `echo "npm $*" >> "$(dirname "$0")/../apt.log"; mkdir -p node_modules`,
+	"python3": `[ -f "$(dirname "$0")/python3-$(echo "$2" | cut -d' ' -f2).module" ]`,
 }
 
 // sandbox is a bin directory that is the whole PATH: the few tools
@@ -39,7 +51,7 @@ func newSandbox(t *testing.T, failOn string, installs bool) *sandbox {
 	if err := os.Mkdir(sb.bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, tool := range []string{"bash", "id", "chmod"} {
+	for _, tool := range []string{"bash", "id", "chmod", "dirname", "cmp", "cp", "mkdir", "cut"} {
 		path, err := exec.LookPath(tool)
 		if err != nil {
 			t.Fatalf("%s: %v", tool, err)
@@ -48,13 +60,25 @@ func newSandbox(t *testing.T, failOn string, installs bool) *sandbox {
 			t.Fatal(err)
 		}
 	}
+	stubs := filepath.Join(dir, "stubs")
+	if err := os.Mkdir(stubs, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	var cases strings.Builder
 	for pkg, cmds := range packageCommands {
 		fmt.Fprintf(&cases, "    %s)", pkg)
 		for _, c := range cmds {
-			fmt.Fprintf(&cases, " printf '#!/bin/sh\\n' > %q; chmod +x %q;", filepath.Join(sb.bin, c), filepath.Join(sb.bin, c))
+			body := "#!" + filepath.Join(sb.bin, "bash") + "\n" + stubBodies[c] + "\n"
+			if err := os.WriteFile(filepath.Join(stubs, c), []byte(body), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(&cases, " cp %q %q;", filepath.Join(stubs, c), filepath.Join(sb.bin, c))
 		}
 		cases.WriteString(" ;;\n")
+	}
+	python := "#!" + filepath.Join(sb.bin, "bash") + "\n" + stubBodies["python3"] + "\n"
+	if err := os.WriteFile(filepath.Join(sb.bin, "debian-python3"), []byte(python), 0o755); err != nil {
+		t.Fatal(err)
 	}
 	install := ""
 	if installs {
@@ -150,7 +174,7 @@ func TestDepsFailsWhenTheInstallFailsOrLeavesACommandMissing(t *testing.T) {
 	}{
 		{"apt-get update fails", "update", true, "apt-get update failed"},
 		{"apt-get install fails", "install", true, "apt-get install curl failed"},
-		{"the package brings no such command", "", false, "still not on PATH"},
+		{"the package brings no such command", "", false, "still missing"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -191,5 +215,79 @@ func TestDepsRefusesAnUnknownGroup(t *testing.T) {
 	sb := newSandbox(t, "", true)
 	if code, out := sb.run(t, nil, "redis-typo"); code != 2 || !strings.Contains(out, `unknown group "redis-typo"`) {
 		t.Fatalf("exit %d, output %q; want exit 2 naming the group", code, out)
+	}
+}
+
+// sdkEnv is the environment of the sdk group in a sandbox: Debian's Python
+// is the sandbox's stub, and the npm project a fresh one with a lock file.
+func (sb *sandbox) sdkEnv(t *testing.T) (env []string, sdkDir string) {
+	t.Helper()
+	sdkDir = t.TempDir()
+	if err := os.WriteFile(filepath.Join(sdkDir, "package-lock.json"), []byte(`{"lockfileVersion": 3}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"PYTHON3=" + filepath.Join(sb.bin, "debian-python3"), "SDK_DIR=" + sdkDir}, sdkDir
+}
+
+func TestDepsSDKInstallsNodeAndPythonRequestsThenRunsNpmCiOnce(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("the install path runs apt-get directly only as root; otherwise through sudo")
+	}
+	sb := newSandbox(t, "", true)
+	env, sdkDir := sb.sdkEnv(t)
+	code, out := sb.run(t, env, "sdk")
+	if code != 0 {
+		t.Fatalf("exit %d, want 0:\n%s", code, out)
+	}
+	want := []string{"update -qq", "install -y -qq --no-install-recommends nodejs npm python3-requests", "npm ci --no-audit --no-fund --loglevel=error"}
+	if calls := sb.aptCalls(t); strings.Join(calls, "\n") != strings.Join(want, "\n") {
+		t.Errorf("calls:\n%s\nwant:\n%s", strings.Join(calls, "\n"), strings.Join(want, "\n"))
+	}
+	if _, err := os.Stat(filepath.Join(sdkDir, "node_modules")); err != nil {
+		t.Errorf("npm ci did not run in SDK_DIR: %v", err)
+	}
+
+	// Again: everything is there, nothing runs.
+	if code, out := sb.run(t, env, "sdk"); code != 0 || len(sb.aptCalls(t)) != 3 || !strings.Contains(out, "are installed") {
+		t.Errorf("second run: exit %d, %d calls in all (want 0 and 3):\n%s", code, len(sb.aptCalls(t)), out)
+	}
+
+	// A new lock file: npm ci again.
+	if err := os.WriteFile(filepath.Join(sdkDir, "package-lock.json"), []byte(`{"lockfileVersion": 3, "packages": {}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := sb.run(t, env, "sdk"); code != 0 || len(sb.aptCalls(t)) != 4 {
+		t.Errorf("after the lock file changed: exit %d, %d calls in all (want 0 and 4):\n%s", code, len(sb.aptCalls(t)), out)
+	}
+}
+
+func TestDepsSDKNoInstallSkipsVisiblyButNeverUnderCI(t *testing.T) {
+	tests := []struct {
+		name     string
+		env      []string
+		wantCode int
+		want     string
+	}{
+		{"user machine", []string{"NO_INSTALL=1"}, 0, "not running npm ci"},
+		{"CI", []string{"NO_INSTALL=1", "CI=true"}, 1, "under CI=true"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sb := newSandbox(t, "", true)
+			// The packages are there; only the npm project is not installed.
+			for _, c := range []string{"node", "npm", "python3-requests.module"} {
+				if err := os.WriteFile(filepath.Join(sb.bin, c), []byte("#!/bin/sh\n"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			env, _ := sb.sdkEnv(t)
+			code, out := sb.run(t, append(env, tt.env...), "sdk")
+			if code != tt.wantCode || !strings.Contains(out, tt.want) {
+				t.Fatalf("exit %d, output %q; want exit %d saying %q", code, out, tt.wantCode, tt.want)
+			}
+			if calls := sb.aptCalls(t); len(calls) != 0 {
+				t.Errorf("NO_INSTALL=1 ran %v", calls)
+			}
+		})
 	}
 }
