@@ -38,7 +38,7 @@ type answerOf struct {
 	json       map[string]any
 	sent, got  time.Time
 	retryAfter int
-	prev       *answerOf // the answer before, on the same key
+	next       *answerOf // the answer after, on the same key
 }
 
 func ask(t *testing.T, c *http.Client, credHeader, cred string) answerOf {
@@ -158,7 +158,6 @@ func TestEvery429HasTheUniformForm(t *testing.T) {
 // proxy's own 429 and a rewritten throttle carry what that vendor's SDKs
 // read, beside the uniform form.
 func TestAnswersCarryWhatEachVendorsSDKLooksFor(t *testing.T) {
-	const localWindow = 30*time.Second + 250*time.Millisecond
 	type check func(t *testing.T, a answerOf, local bool)
 	header := func(name, want string) check {
 		return func(t *testing.T, a answerOf, _ bool) {
@@ -187,17 +186,22 @@ func TestAnswersCarryWhatEachVendorsSDKLooksFor(t *testing.T) {
 		switch {
 		case err != nil:
 			t.Errorf("retry-after-ms %q, want the exact wait in ms", a.header.Get("retry-after-ms"))
-		case !local && ms != 1000:
-			t.Errorf("retry-after-ms %d on a rewritten throttle, want the proxy's hold, 1000 (not the vendor's stale 300)", ms)
-		case local:
-			// The slot frees 30.25 s (1/30s and its margin) after the
-			// first request was sent; the proxy decided between sending
-			// and getting this one.
-			lo := a.prev.sent.Add(localWindow).Sub(a.got).Milliseconds()
-			hi := a.prev.got.Add(localWindow).Sub(a.sent).Milliseconds() + 1
-			if int64(ms) < lo || int64(ms) > hi {
-				t.Errorf("retry-after-ms %d, want the exact wait, %d to %d", ms, lo, hi)
-			}
+		case !local && ms != 1500:
+			t.Errorf("retry-after-ms %d on a rewritten throttle, want the proxy's hold, 1500", ms)
+		case local && (ms <= (a.retryAfter-1)*1000 || ms > a.retryAfter*1000):
+			t.Errorf("retry-after-ms %d, want the wait Retry-After %d rounds up", ms, a.retryAfter)
+		}
+		if local || a.next == nil {
+			return
+		}
+		// During the 1.5 s hold the vendor asked for, the proxy's own 429
+		// says exactly what is left of it.
+		h := a.next
+		ms, _ = strconv.Atoi(h.header.Get("retry-after-ms"))
+		lo := a.sent.Add(1500 * time.Millisecond).Sub(h.got).Milliseconds()
+		hi := a.got.Add(1500*time.Millisecond).Sub(h.sent).Milliseconds() + 1
+		if int64(ms) < lo || int64(ms) > hi {
+			t.Errorf("during the hold: retry-after-ms %q, want the exact wait, %d to %d", h.header.Get("retry-after-ms"), lo, hi)
 		}
 	}
 	reset := func(t *testing.T, a answerOf, _ bool) {
@@ -223,9 +227,9 @@ func TestAnswersCarryWhatEachVendorsSDKLooksFor(t *testing.T) {
 			[]check{header("x-ratelimit-remaining", "0"), reset}},
 		{"stripe", "Authorization", "Bearer sk_live_x", "", 429, nil, `{"error":{"type":"rate_limit_error"}}`,
 			[]check{header("Stripe-Should-Retry", "true")}},
-		{"openai", "Authorization", "Bearer sk-x", "", 429, http.Header{"Retry-After": {"1"}, "Retry-After-Ms": {"300"}},
+		{"openai", "Authorization", "Bearer sk-x", "", 429, http.Header{"Retry-After-Ms": {"1500"}},
 			`{"error":{"type":"requests","code":"rate_limit_exceeded"}}`, []check{waitMs}},
-		{"anthropic", "x-api-key", "sk-ant-x", "", 429, http.Header{"Retry-After": {"1"}, "Retry-After-Ms": {"300"}},
+		{"anthropic", "x-api-key", "sk-ant-x", "", 429, http.Header{"Retry-After-Ms": {"1500"}},
 			`{"type":"error","error":{"type":"rate_limit_error"}}`, []check{waitMs}},
 		{"clarifai", "Authorization", "Key pat", "", 200, nil,
 			`{"status":{"code":"CONN_THROTTLED","description":"Making too many requests"}}`,
@@ -264,7 +268,6 @@ func TestAnswersCarryWhatEachVendorsSDKLooksFor(t *testing.T) {
 				t.Fatalf("first request: %d %s", first.status, first.body)
 			}
 			local := ask(t, c, tt.credHeader, tt.cred)
-			local.prev = &first
 			checkUniform(t, local)
 			for _, ck := range tt.checks {
 				ck(t, local, true)
@@ -280,6 +283,9 @@ func TestAnswersCarryWhatEachVendorsSDKLooksFor(t *testing.T) {
 %s`, tt.profile, up.Listener.Addr(), indent(tt.extra, "    ")))
 			rewritten := ask(t, p.client(), tt.credHeader, tt.cred)
 			checkUniform(t, rewritten)
+			held := ask(t, p.client(), tt.credHeader, tt.cred) // during the vendor's hold
+			checkUniform(t, held)
+			rewritten.next = &held
 			if rewritten.header.Get("X-RateLimit-Proxy-Upstream-Status") != strconv.Itoa(tt.status) {
 				t.Errorf("the vendor's %d was not recognised as a throttle: %v %s", tt.status, rewritten.header, rewritten.body)
 			}

@@ -70,7 +70,7 @@ async function stripe() {
     port: 443,
     protocol: "https",
     httpAgent: new HttpsProxyAgent(proxyURL),
-    maxNetworkRetries: 3, // it reads no Retry-After: enough of its own backoff (0.5, 1, 2 s) to outlast a 1 s window
+    maxNetworkRetries: 4, // it reads no Retry-After: enough of its own backoff (0.5, 1, 2, 4 s) to outlast a 2 s Retry-After
   });
   return () => client.customers.retrieve("cus_sdktest");
 }
