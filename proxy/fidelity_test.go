@@ -3,8 +3,11 @@ package proxy_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -189,4 +192,83 @@ func TestQueuedRequestHeldBeyondMaxWaitIsAnsweredAtOnce(t *testing.T) {
 		}
 		synctest.Wait()
 	})
+}
+
+// TestRetriesAtRetryAfterSucceed: clients burst at 2x and 2.4x a key's
+// limit at the start of a window in reject mode, and each refused client
+// retries once, at its Retry-After (plus a delay of its own). Refusals book
+// successive slots, so (almost) every retry is admitted, and the vendor,
+// which counts exactly, never sees more than its limit in any window.
+func TestRetriesAtRetryAfterSucceed(t *testing.T) {
+	const n, w = 25, 2 * time.Second
+	for _, clients := range []int{2 * n, 12 * n / 5} {
+		t.Run(fmt.Sprintf("%d clients", clients), func(t *testing.T) {
+			runSim(t, func(t *testing.T, s *sim) {
+				v := s.vendor("vendor.test:80", "closient", n, w)
+				v.sliding = true
+				p := s.proxy(vendorYAML(v, "closient", fmt.Sprintf("limits: [%d/%v]\nmode: reject\n", n, w)))
+				c := p.client()
+				rng := rand.New(rand.NewPCG(uint64(clients), 9))
+				delays := make([]time.Duration, clients)
+				for i := range delays {
+					delays[i] = time.Duration(rng.IntN(50)) * time.Millisecond // the client's own delay
+				}
+				var refused, retried, retryOK atomic.Int64
+				var wg sync.WaitGroup
+				errs := make(chan error, clients)
+				for i := range clients {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						a, err := fetch(c, "http://api.test/items", "k")
+						if err != nil {
+							errs <- err
+							return
+						}
+						if a.code == 200 {
+							return
+						}
+						if a.code != http.StatusTooManyRequests {
+							errs <- fmt.Errorf("first attempt: status %d", a.code)
+							return
+						}
+						refused.Add(1)
+						secs, err := strconv.Atoi(a.header.Get("Retry-After"))
+						if err != nil || secs < 1 {
+							errs <- fmt.Errorf("Retry-After %q", a.header.Get("Retry-After"))
+							return
+						}
+						time.Sleep(time.Duration(secs)*time.Second + delays[i])
+						retried.Add(1)
+						if a, err = fetch(c, "http://api.test/items", "k"); err != nil {
+							errs <- err
+						} else if a.code == 200 {
+							retryOK.Add(1)
+						}
+					}()
+				}
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					t.Error(err)
+				}
+				arrivals, throttled, _ := v.counts()
+				if len(throttled) > 0 {
+					t.Errorf("the vendor throttled %d requests", len(throttled))
+				}
+				if got := maxInWindow(arrivals, w); got > n {
+					t.Errorf("the vendor saw %d requests in a window of %v; its limit is %d", got, w, n)
+				}
+				if refused.Load() != int64(clients-n) {
+					t.Errorf("%d refused at first, want %d (the first %d of the burst go at once)", refused.Load(), clients-n, n)
+				}
+				share := float64(retryOK.Load()) / float64(retried.Load())
+				if share < 0.99 {
+					t.Errorf("%d of %d retries at Retry-After succeeded (%.1f%%), want >= 99%%", retryOK.Load(), retried.Load(), 100*share)
+				}
+				t.Logf("%d clients: %d refused, %d of %d retries admitted; vendor: %d requests, max %d in any %v",
+					clients, refused.Load(), retryOK.Load(), retried.Load(), len(arrivals), maxInWindow(arrivals, w), w)
+			})
+		})
+	}
 }

@@ -140,8 +140,9 @@ func (s *MemoryStore) decided(k *keyState, res Reservation, i int, at, t int64, 
 func (s *MemoryStore) refuse(k *keyState, res Reservation, req Request, at, t int64, binding Limit, held, wakeable bool, waiting int, id uint64) Reservation {
 	res.At, res.Binding, res.Held = s.time(at), binding, held
 	switch {
-	case wakeable:
-		// The key waits for a probe's outcome: no time is known.
+	case wakeable && k.taught != nil && k.taught.probing && k.taught.probeID != 0:
+		// The key waits for a probe's outcome: no time is known. (A key
+		// waiting for the upstream's reset is told that reset.)
 		res.At = s.time(min(at, t+refusalWait))
 	case held || req.Book.Grace <= 0:
 	case waiting >= req.MaxQueue:

@@ -94,6 +94,7 @@ func Run(t *testing.T, open Factory) {
 		{"SoleCallerIsNotHeldPastItsOwnWindow", soleCallerIsNotHeldPastItsOwnWindow},
 		{"OtherCallerLeavesAReserveAndNothingIsCountedTwice", otherCallerLeavesAReserveAndNothingIsCountedTwice},
 		{"ReportWithoutItsWindowKeepsTheReserve", reportWithoutItsWindowKeepsTheReserve},
+		{"RefusalWhileTheBudgetIsSpentNamesTheReset", refusalWhileTheBudgetIsSpentNamesTheReset},
 		{"InspectDescribesAKey", inspectDescribesAKey},
 	}
 	for _, tt := range tests {
@@ -983,6 +984,21 @@ func reportWithoutItsWindowKeepsTheReserve(t *testing.T, e *env) {
 	}
 	if r := e.reserve(req); !r.Held {
 		t.Fatal("the budget did not keep the reserve")
+	}
+}
+
+// refusalWhileTheBudgetIsSpentNamesTheReset: a request refused because
+// the upstream's reported quota is spent is told the upstream's reset, not
+// an arbitrary short wait.
+func refusalWhileTheBudgetIsSpentNamesTheReset(t *testing.T, e *env) {
+	req := quota.Request{Key: "k", Limits: limits(t, "100/10s"), MaxQueue: 10, Book: quota.Booking{Round: time.Second, Grace: time.Second}}
+	e.reserve(req)
+	reset := e.clock.Now().Add(7 * time.Second)
+	// Another caller spent the rest: nothing left.
+	e.s.Observe(e.ctx, "k", quota.Observation{SentAt: e.clock.Now(), Limit: 20, Remaining: 0, ResetAt: reset, Period: 10 * time.Second})
+	r := e.reserve(req)
+	if r.OK || !r.Held || !r.At.Equal(reset) {
+		t.Fatalf("refusal with the budget spent: OK=%v held=%v at +%v, want held until the reset at +7s", r.OK, r.Held, r.At.Sub(e.clock.Now()))
 	}
 }
 
