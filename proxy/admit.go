@@ -126,7 +126,7 @@ func (s *Server) roundTrip(req *http.Request, x *exchange) (*http.Response, erro
 		if attempt > 1 {
 			g, ptrs = new([2]gate), new([2]*gate)
 		}
-		g[0] = gate{key: x.id.key, limits: x.id.limits.enforced}
+		g[0] = gate{key: x.id.key, limits: x.id.limits.enforced()}
 		*ptrs = [2]*gate{&g[0], &g[1]}
 		gates := ptrs[:1]
 		if b := up.buckets.get(route); route != "" && b != "" {
@@ -478,7 +478,12 @@ func (s *Server) inspect(x *exchange, resp *http.Response, sentAt time.Time, rou
 	now := time.Now()
 	bucket := ""
 	if !up.learn.off && verdict.Kind != signals.KindOverload && verdict.Kind != signals.KindNotQuota {
-		bucket = s.observe(x, resp, now, sentAt, route)
+		var o quota.Observation
+		var key string
+		bucket, o, key = s.observe(x, resp, now, sentAt, route)
+		if verdict.Throttle && o.Limit > 0 && o.Remaining >= 0 {
+			s.tuneMargin(x, key, o, now)
+		}
 	}
 	if !verdict.Throttle {
 		return verdict, 0, bucket
@@ -492,11 +497,12 @@ func (s *Server) inspect(x *exchange, resp *http.Response, sentAt time.Time, rou
 
 // observe turns the quota windows in the headers into an Observation for
 // the credential's key, or the bucket's key when the upstream names one,
-// and returns that bucket. now is when the answer arrived.
-func (s *Server) observe(x *exchange, resp *http.Response, now, sentAt time.Time, route string) string {
+// and returns that bucket, the observation and the key. now is when the
+// answer arrived.
+func (s *Server) observe(x *exchange, resp *http.Response, now, sentAt time.Time, route string) (string, quota.Observation, string) {
 	windows := signals.Quota(resp.Header, now)
 	if len(windows) == 0 {
-		return ""
+		return "", quota.Observation{}, ""
 	}
 	if route == "" && resp.Request != nil {
 		route = resp.Request.Method + " " + resp.Request.URL.Path
@@ -513,7 +519,7 @@ func (s *Server) observe(x *exchange, resp *http.Response, now, sentAt time.Time
 			continue // time to full, not a window: no budget, no limit
 		}
 		if w.Limit > 0 && w.Period > 0 && w.Limit <= quota.MaxLimitCount {
-			o.Limits = append(o.Limits, quota.Limit{Count: int(w.Limit), Window: w.Period + up.margin(w.Period)})
+			o.Limits = append(o.Limits, quota.Limit{Count: int(w.Limit), Window: w.Period + up.marginFor(w.Period, up.tuner.current(now))})
 			o.KeepFor = max(o.KeepFor, 2*w.Period, time.Minute)
 		}
 		if w.Remaining < 0 || w.Reset <= 0 || w.Remaining > quota.MaxLimitCount || w.Limit > quota.MaxLimitCount {
@@ -523,6 +529,9 @@ func (s *Server) observe(x *exchange, resp *http.Response, now, sentAt time.Time
 		if left := int(w.Remaining); left < best {
 			best = left
 			o.Remaining, o.ResetAt, o.Limit, o.Period = left, now.Add(w.Reset), int(w.Limit), w.Period
+			if w.Period > 0 {
+				o.Delay = up.marginFor(w.Period, up.tuner.current(now))
+			}
 		}
 	}
 	key := x.id.key
@@ -537,7 +546,42 @@ func (s *Server) observe(x *exchange, resp *http.Response, now, sentAt time.Time
 			s.log.Warn("recording the upstream's quota failed", zap.String("key", x.id.fingerprint), zap.Error(err))
 		}
 	}
-	return bucket
+	return bucket, o, key
+}
+
+// tuneMargin widens the upstream's window margin after an unpredicted
+// throttle (see marginTuner): the vendor throttled although it reports
+// having counted no more than the proxy sent in its window.
+func (s *Server) tuneMargin(x *exchange, key string, o quota.Observation, now time.Time) {
+	in, ok := s.store.(quota.Inspector)
+	if !ok || o.Period <= 0 {
+		return
+	}
+	up := x.up
+	var limits []quota.Limit
+	if key == x.id.key && x.id.limits != nil {
+		limits = x.id.limits.enforced()
+	}
+	var st quota.KeyState
+	err := s.storeCall(func(ctx context.Context) (err error) { st, err = in.Inspect(ctx, key, limits); return err })
+	if err != nil {
+		return
+	}
+	// What the proxy sent in the vendor's window: the enforced limit of
+	// that window (learned from its report, or configured).
+	ours, inForce := -1, time.Duration(0)
+	for _, ls := range st.Limits {
+		if ls.Limit.Count == o.Limit && ls.Limit.Window >= o.Period && ls.Limit.Window <= o.Period+o.Period/4 {
+			ours, inForce = max(ours, ls.Used), ls.Limit.Window-o.Period
+		}
+	}
+	if ours < 0 || o.Limit-o.Remaining > ours+1 {
+		return // nothing to compare, or another caller spends the key
+	}
+	if to, changed := up.tuner.widen(now, inForce, o.Period/4, o.Period); changed {
+		s.log.Info("window margin widened", zap.String("upstream", up.name), zap.Duration("window", o.Period),
+			zap.Duration("from", inForce), zap.Duration("to", to), zap.String("reason", "a throttle the proxy's own count does not explain"))
+	}
 }
 
 // smallJSON reports a JSON response of known length that fits in what

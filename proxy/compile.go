@@ -43,7 +43,7 @@ func Compile(cfg *config.Config) (*Policy, error) { return compilePolicy(cfg, ni
 
 // compilePolicy is Compile carrying over, from prev, what the upstreams of the
 // same name learned that is not kept in the store (the upstream buckets
-// routes fall into).
+// routes fall into, the window margin learned from throttles).
 func compilePolicy(cfg *config.Config, prev *Policy) (*Policy, error) {
 	if cfg == nil {
 		return nil, errors.New("no configuration")
@@ -57,10 +57,10 @@ func compilePolicy(cfg *config.Config, prev *Policy) (*Policy, error) {
 	default:
 		return nil, fmt.Errorf("unknown_hosts: %q: want allow or deny", cfg.UnknownHosts)
 	}
-	learned := map[string]*bucketMap{}
+	learned := map[string]*upstream{}
 	if prev != nil {
 		for _, u := range prev.upstreams {
-			learned[u.name] = u.buckets
+			learned[u.name] = u
 		}
 	}
 	names := map[string]bool{}
@@ -75,8 +75,8 @@ func compilePolicy(cfg *config.Config, prev *Policy) (*Policy, error) {
 			return nil, fmt.Errorf("%s.name: %q is used twice", path, u.name)
 		}
 		names[u.name] = true
-		if b := learned[u.name]; b != nil {
-			u.buckets = b
+		if old := learned[u.name]; old != nil {
+			u.buckets, u.tuner = old.buckets, old.tuner
 		}
 		p.upstreams = append(p.upstreams, u)
 		for j, h := range cu.Hosts {
@@ -126,6 +126,7 @@ func compileUpstream(u *config.Upstream, path string) (*upstream, error) {
 		windowMargin: time.Duration(u.WindowMargin),
 		anonKey:      u.Name + "/anonymous",
 		buckets:      newBucketMap(4096),
+		tuner:        &marginTuner{},
 	}
 	switch u.Mode {
 	case "queue":
@@ -259,7 +260,7 @@ func compileUpstream(u *config.Upstream, path string) (*upstream, error) {
 // newLimitSet compiles the limits at path: each shown as configured and
 // enforced widened by the upstream's margin.
 func (u *upstream) newLimitSet(ls []config.Limit, path string) (*limitSet, error) {
-	set := &limitSet{}
+	set := &limitSet{up: u}
 	var policy []string
 	for i, cl := range ls {
 		l := quota.Limit(cl)
@@ -267,7 +268,6 @@ func (u *upstream) newLimitSet(ls []config.Limit, path string) (*limitSet, error
 			return nil, fmt.Errorf("%s[%d]: %d/%v: want a count from 1 to %d and a window of at least 1ms", path, i, l.Count, l.Window, quota.MaxLimitCount)
 		}
 		set.shown = append(set.shown, l)
-		set.enforced = append(set.enforced, quota.Limit{Count: l.Count, Window: l.Window + u.margin(l.Window)})
 		policy = append(policy, fmt.Sprintf("%q;q=%d;w=%d", l.String(), l.Count, ceilSeconds(l.Window)))
 	}
 	set.policy = strings.Join(policy, ", ")

@@ -4,13 +4,17 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
 )
 
 // The tests of this file hold the proxy to its answers on an exact clock
@@ -271,4 +275,78 @@ func TestRetriesAtRetryAfterSucceed(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestMarginFollowsTheVendor: the vendor counts with an exact sliding log
+// behind a path that delays each request by 0 to 60ms, so requests the
+// proxy sent a window plus its default 10ms margin apart can arrive less
+// than a window apart. The proxy learns a wider margin from the first
+// throttles its own count does not explain: at most 3 of them in all, none
+// in the last 5 windows, and at least 90% of the quota used over the run
+// (learning included) and once learned.
+func TestMarginFollowsTheVendor(t *testing.T) {
+	const n, w, windows = 10, time.Second, 25
+	runSim(t, func(t *testing.T, s *sim) {
+		v := s.vendor("vendor.test:80", "closient", n, w)
+		v.sliding = true
+		rng := rand.New(rand.NewPCG(5, 5))
+		var mu sync.Mutex
+		jitter := func() time.Duration {
+			mu.Lock()
+			defer mu.Unlock()
+			return time.Duration(rng.IntN(61)) * time.Millisecond
+		}
+		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := s.net.Dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return newLatentConn(c, jitter), nil
+		}
+		p := s.proxyDial(vendorYAML(v, "closient", fmt.Sprintf("limits: [%d/%v]\nmax_wait: 30s\nthrottle: {min_wait: 100ms}\n", n, w)), quota.NewMemoryStore(nil), dial)
+		ctx, cancel := context.WithTimeout(context.Background(), windows*w)
+		defer cancel()
+		push(ctx, p.client(), 30, "http://api.test/items", "k")
+		arrivals, throttled, _ := v.counts()
+		if len(throttled) > 3 {
+			t.Errorf("%d vendor throttles, want at most 3", len(throttled))
+		}
+		lastWindows := v.start.Add((windows - 5) * w)
+		for _, at := range throttled {
+			if at.After(lastWindows) {
+				t.Errorf("a throttle at +%v, in the last 5 windows", at.Sub(v.start))
+			}
+		}
+		// Utilization once learned, over the last ten windows (the first
+		// ones pay for the throttles the margin is learned from, each
+		// followed by the vendor's one-second Retry-After): N per the mean
+		// time between request i and i+N.
+		accepted := len(arrivals) - len(throttled)
+		var steadyTimes []time.Time
+		for _, at := range v.acceptedTimes() {
+			if !at.Before(v.start.Add((windows - 10) * w)) {
+				steadyTimes = append(steadyTimes, at)
+			}
+		}
+		steady := utilization(steadyTimes, n, w)
+		if steady < 0.9 {
+			t.Errorf("utilization over the last 10 windows %.3f, want >= 0.9", steady)
+		}
+		if all := float64(accepted) / float64(windows*n); all < 0.9 {
+			t.Errorf("%d accepted of %d over the run: %.3f, want >= 0.9", accepted, windows*n, all)
+		}
+		if !strings.Contains(p.logs.String(), "window margin widened") {
+			t.Error("no log line says the margin was widened")
+		}
+		t.Logf("%d accepted, %d throttled (at %v); %.3f of the quota over the run, utilization %.3f over the last 10 windows",
+			accepted, len(throttled), offsets(throttled, v.start), float64(accepted)/float64(windows*n), steady)
+	})
+}
+
+func offsets(ts []time.Time, from time.Time) []time.Duration {
+	var ds []time.Duration
+	for _, at := range ts {
+		ds = append(ds, at.Sub(from).Round(time.Millisecond))
+	}
+	return ds
 }

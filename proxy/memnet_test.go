@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // memNet is an in-memory network for tests that run in a testing/synctest
@@ -101,3 +102,62 @@ type memConn struct {
 
 func (c *memConn) LocalAddr() net.Addr  { return c.local }
 func (c *memConn) RemoteAddr() net.Addr { return c.remote }
+
+// latentConn delivers what is written to it after a delay, as a network
+// does: Write returns at once, and the bytes of each Write arrive delay()
+// later (never before the bytes of an earlier Write).
+type latentConn struct {
+	net.Conn
+	delay  func() time.Duration
+	queue  chan latentWrite
+	closed chan struct{}
+	once   sync.Once
+	last   time.Time
+	mu     sync.Mutex
+}
+
+type latentWrite struct {
+	data []byte
+	due  time.Time
+}
+
+func newLatentConn(c net.Conn, delay func() time.Duration) *latentConn {
+	l := &latentConn{Conn: c, delay: delay, queue: make(chan latentWrite, 64), closed: make(chan struct{})}
+	go l.deliver()
+	return l
+}
+
+func (l *latentConn) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	due := time.Now().Add(l.delay())
+	if due.Before(l.last) {
+		due = l.last
+	}
+	l.last = due
+	l.mu.Unlock()
+	select {
+	case l.queue <- latentWrite{data: append([]byte(nil), p...), due: due}:
+		return len(p), nil
+	case <-l.closed:
+		return 0, net.ErrClosed
+	}
+}
+
+func (l *latentConn) deliver() {
+	for {
+		select {
+		case w := <-l.queue:
+			time.Sleep(time.Until(w.due))
+			if _, err := l.Conn.Write(w.data); err != nil {
+				return
+			}
+		case <-l.closed:
+			return
+		}
+	}
+}
+
+func (l *latentConn) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.Conn.Close()
+}

@@ -35,7 +35,8 @@ type upstream struct {
 	throttle throttlePolicy
 	learn    learnPolicy
 	answer   answerPolicy
-	buckets  *bucketMap // shared with the same upstream after a reload
+	buckets  *bucketMap   // shared with the same upstream after a reload
+	tuner    *marginTuner // likewise
 }
 
 // margin is the widening applied to a window of this upstream.
@@ -91,16 +92,18 @@ type override struct {
 // as enforced (each window widened by the upstream's margin), plus the
 // RateLimit-Policy header value, computed once.
 type limitSet struct {
-	shown    []quota.Limit
-	enforced []quota.Limit
-	policy   string
+	shown  []quota.Limit
+	policy string
+	up     *upstream                      // whose margins widen the windows
+	cache  atomic.Pointer[enforcedLimits] // see enforced
 }
 
-// shownFor maps an enforced limit back to the configured one.
+// shownFor maps an enforced limit back to the configured one: the same
+// count, a window widened by at most a quarter.
 func (s *limitSet) shownFor(enforced quota.Limit) (quota.Limit, bool) {
-	for i, l := range s.enforced {
-		if l == enforced {
-			return s.shown[i], true
+	for _, l := range s.shown {
+		if l.Count == enforced.Count && enforced.Window >= l.Window && enforced.Window <= l.Window+l.Window/4 {
+			return l, true
 		}
 	}
 	if len(s.shown) > 0 {

@@ -122,11 +122,11 @@ func TestEnforcedLimitsAreWidenedButShownAsConfigured(t *testing.T) {
     limits: [15/1s, 300/1m]
 `)
 	s := u.anonymous
-	if s.shown[0].String() != "15/1s" || s.enforced[0].Window.String() != "1.01s" || s.enforced[1].Window.String() != "1m0.6s" {
-		t.Errorf("shown %v enforced %v", s.shown, s.enforced)
+	if s.shown[0].String() != "15/1s" || s.enforced()[0].Window.String() != "1.01s" || s.enforced()[1].Window.String() != "1m0.6s" {
+		t.Errorf("shown %v enforced %v", s.shown, s.enforced())
 	}
-	if got, ok := s.shownFor(s.enforced[1]); !ok || got.String() != "300/1m" {
-		t.Errorf("shownFor(%v) = %v", s.enforced[1], got)
+	if got, ok := s.shownFor(s.enforced()[1]); !ok || got.String() != "300/1m" {
+		t.Errorf("shownFor(%v) = %v", s.enforced()[1], got)
 	}
 	if want := `"15/1s";q=15;w=1, "300/1m";q=300;w=60`; s.policy != want {
 		t.Errorf("policy %q, want %q", s.policy, want)

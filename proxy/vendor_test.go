@@ -134,6 +134,13 @@ func (v *vendor) serve(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "ok")
 }
 
+// acceptedTimes returns when the vendor accepted each request.
+func (v *vendor) acceptedTimes() []time.Time {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append([]time.Time(nil), v.accepted...)
+}
+
 // ceilUnix is t in Unix seconds, rounded up: the reset as vendors report
 // it, never before the window really ends.
 func ceilUnix(t time.Time) int64 {

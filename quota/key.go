@@ -493,9 +493,10 @@ func (k *keyState) observe(o Observation, t, sentAt, until int64) {
 	switch {
 	case o.Period > 0:
 		// Upstreams report resets in whole seconds, rounded either way:
-		// the window may have begun up to a second earlier. Counting the
-		// sends of that second too errs on the safe side (fewer left).
-		from = until - int64(o.Period) - int64(time.Second)
+		// the window may have begun up to a second earlier, and it holds
+		// requests sent up to Delay before that. Counting those sends too
+		// errs on the safe side (fewer left).
+		from = until - int64(o.Period) - int64(time.Second) - int64(o.Delay)
 		k.maxWindow = max(k.maxWindow, int64(o.Period))
 	case tg.budgetUntil > 0 && tg.budgetUntil <= t:
 		from = tg.budgetUntil // the previous report's reset began this window

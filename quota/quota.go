@@ -287,6 +287,10 @@ type Observation struct {
 	ResetAt   time.Time
 	Period    time.Duration
 	Reserve   float64
+	// Delay is the most a request's arrival upstream may lag its send time
+	// (the window margin): the upstream's window, in arrival times, holds
+	// requests sent up to Delay before it began.
+	Delay time.Duration
 	// Limits are windows the upstream reported; they apply to the key, in
 	// addition to the caller's limits (or instead of them when Replace),
 	// for KeepFor.

@@ -92,6 +92,7 @@ func Run(t *testing.T, open Factory) {
 		{"EarlyRetryWaitsForItsBooking", earlyRetryWaitsForItsBooking},
 		{"SoleCallerGetsTheWholeReportedQuota", soleCallerGetsTheWholeReportedQuota},
 		{"SoleCallerIsNotHeldPastItsOwnWindow", soleCallerIsNotHeldPastItsOwnWindow},
+		{"SendsArrivingLateStillCountAsOurs", sendsArrivingLateStillCountAsOurs},
 		{"OtherCallerLeavesAReserveAndNothingIsCountedTwice", otherCallerLeavesAReserveAndNothingIsCountedTwice},
 		{"ReportWithoutItsWindowKeepsTheReserve", reportWithoutItsWindowKeepsTheReserve},
 		{"RefusalWhileTheBudgetIsSpentNamesTheReset", refusalWhileTheBudgetIsSpentNamesTheReset},
@@ -938,6 +939,32 @@ func soleCallerIsNotHeldPastItsOwnWindow(t *testing.T, e *env) {
 	r := e.reserve(req)
 	if r.Held || r.At.Sub(start) != window {
 		t.Fatalf("eleventh request: held %v at +%v, want the learned limit's slot at +%v, not the late reset", r.Held, r.At.Sub(start), window)
+	}
+}
+
+// sendsArrivingLateStillCountAsOurs: the upstream counts arrivals, which
+// lag the sends by up to Observation.Delay; sends made that long before
+// its window began are still ours, not another caller's.
+func sendsArrivingLateStillCountAsOurs(t *testing.T, e *env) {
+	window := 10 * time.Second
+	learned := []quota.Limit{{Count: 10, Window: window + 100*time.Millisecond}}
+	req := quota.Request{Key: "k", MaxWait: time.Minute, MaxQueue: 100}
+	start := e.clock.Now()
+	for range 4 {
+		e.reserve(req) // sent at 0, arriving up to 100ms later
+	}
+	e.clock.Advance(5 * time.Second)
+	sentAt := e.clock.Now()
+	e.reserve(req)
+	// A sliding window that began as the four arrived (+1.05s, reset
+	// rounding included: the first second of slack is used up).
+	e.s.Observe(e.ctx, "k", quota.Observation{SentAt: sentAt, Limit: 10, Remaining: 5, ResetAt: start.Add(11*time.Second + 50*time.Millisecond), Period: window, Delay: 100 * time.Millisecond, Limits: learned, KeepFor: time.Minute, Reserve: 0.5})
+	// No other caller: all ten are ours; with one evident, the reserve
+	// of 5 would leave nothing.
+	for i := range 5 {
+		if r := e.reserve(req); !r.OK || r.Delay() != 0 {
+			t.Fatalf("send %d of the quota: OK=%v delay=%v held=%v", 6+i, r.OK, r.Delay(), r.Held)
+		}
 	}
 }
 
