@@ -168,9 +168,11 @@ type Learn struct {
 	// of the configured limits), "replace" (they replace the configured
 	// limits while known) or "off" (quota headers are ignored).
 	Mode string `yaml:"mode"`
-	// Threshold is the share of the upstream's limit kept unused: when
-	// what is left falls to it, the key is held until the reset. Default
-	// 0.05.
+	// Threshold is the share of the upstream's limit kept unused while
+	// another caller is evident (the upstream counted more than the proxy
+	// sent in its window): when what is left falls to it, the key is held
+	// until the reset. A key the proxy has to itself uses all of its
+	// quota. Default 0.05.
 	Threshold *float64 `yaml:"threshold"`
 }
 
