@@ -28,6 +28,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	up := policy.routes.route(target)
 	action := "intercept"
 	var upstreamConn net.Conn
+	dialErr := ""
 	switch {
 	case up != nil:
 	case policy.unknownHosts == denyUnknown:
@@ -40,15 +41,19 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 		c, err := s.dial(ctx, "tcp", target)
 		cancel()
 		if err != nil {
-			action = decisionError
-			writeJSON(w, http.StatusBadGateway, errorBody{Error: errorDetail{Code: "UPSTREAM_UNREACHABLE",
-				Message: "the upstream could not be reached: " + err.Error(), Source: "proxy"}})
+			action, dialErr = decisionError, err.Error() // the raw error for the log only
+			f := classifyFailure(err)
+			writeJSON(w, f.status, errorBody{Error: errorDetail{Code: f.code, Message: f.message, Source: "proxy"}})
 			break
 		}
 		upstreamConn = c
 	}
-	s.log.Info("connect", zap.String("host", target), zap.String("decision", action),
-		zap.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000))
+	fields := []zap.Field{zap.String("host", target), zap.String("decision", action),
+		zap.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000)}
+	if dialErr != "" {
+		fields = append(fields, zap.String("error", dialErr))
+	}
+	s.log.Info("connect", fields...)
 	if action != "intercept" && action != "tunnel" {
 		return
 	}

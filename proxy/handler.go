@@ -102,7 +102,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // forwardError turns a failed round trip into a clear answer: 504 for a
-// timeout, 503 when the quota store failed, 502 otherwise.
+// timeout, 503 when the quota store failed, 502 otherwise. The body names
+// the failure class only (see failure.go); the raw error goes to the log.
 func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, x *exchange, err error) {
 	var ue *url.Error
 	if errors.As(err, &ue) {
@@ -125,12 +126,8 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, x *exchang
 		s.writeError(w, x, http.StatusServiceUnavailable, "QUOTA_STORE_UNAVAILABLE", "the quota store did not answer; retry shortly")
 		return
 	}
-	var ne net.Error
-	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
-		s.writeError(w, x, http.StatusGatewayTimeout, "UPSTREAM_TIMEOUT", "the upstream did not answer in time: "+x.err)
-		return
-	}
-	s.writeError(w, x, http.StatusBadGateway, "UPSTREAM_UNREACHABLE", "the upstream could not be reached: "+x.err)
+	f := classifyFailure(err)
+	s.writeError(w, x, f.status, f.code, f.message)
 }
 
 // shuttingDown answers a request that Shutdown stopped at its deadline:

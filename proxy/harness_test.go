@@ -277,6 +277,13 @@ func startProxyB(t testing.TB, yamlText string) *running {
 // startProxyStore is startProxy with the given quota store.
 func startProxyStore(t testing.TB, yamlText string, store quota.Store) *running {
 	t.Helper()
+	return startProxyOpts(t, yamlText, proxy.Options{Store: store})
+}
+
+// startProxyOpts is startProxy with options: the log is filled in, and
+// the store when none is given; a Dial given is kept.
+func startProxyOpts(t testing.TB, yamlText string, opts proxy.Options) *running {
+	t.Helper()
 	dir := t.TempDir()
 	prefix := fmt.Sprintf("data_dir: %s\nupstream_roots: [%s]\n", dir, getPKI(t).caFile)
 	cfg, err := config.Parse("test.yaml", []byte(prefix+yamlText))
@@ -289,7 +296,11 @@ func startProxyStore(t testing.TB, yamlText string, store quota.Store) *running 
 		level = zapcore.WarnLevel
 	}
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), logs, level))
-	srv, err := proxy.New(cfg, proxy.Options{Log: log, Store: store})
+	opts.Log = log
+	if opts.Store == nil {
+		opts.Store = quota.NewMemoryStore(nil)
+	}
+	srv, err := proxy.New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +320,7 @@ func startProxyStore(t testing.TB, yamlText string, store quota.Store) *running 
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(srv.CA().CertPEM())
 	caFile := filepath.Join(dir, "ca.pem")
-	return &running{srv: srv, url: &url.URL{Scheme: "http", Host: ln.Addr().String()}, logs: logs, accepts: accepts, caPool: pool, caFile: caFile, store: store, prefix: prefix}
+	return &running{srv: srv, url: &url.URL{Scheme: "http", Host: ln.Addr().String()}, logs: logs, accepts: accepts, caPool: pool, caFile: caFile, store: opts.Store, prefix: prefix}
 }
 
 // client returns a Go client that uses the proxy explicitly (Go never
