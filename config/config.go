@@ -49,6 +49,8 @@ type Config struct {
 	Log Log `yaml:"log"`
 	// Timeouts of client and upstream connections.
 	Timeouts Timeouts `yaml:"timeouts"`
+	// Requests bounds what one client request may carry.
+	Requests Requests `yaml:"requests"`
 	// MaxIdleConnsPerHost sizes the pool of idle upstream connections per
 	// host. Default 512.
 	MaxIdleConnsPerHost int `yaml:"max_idle_conns_per_host"`
@@ -62,6 +64,24 @@ type Log struct {
 	Level string `yaml:"level"`
 	// Format is json (default) or console.
 	Format string `yaml:"format"`
+	// MaxPathBytes cuts longer paths (and CONNECT hosts) in log lines.
+	// Default 2048, from 64 to 65536.
+	MaxPathBytes int `yaml:"max_path_bytes"`
+}
+
+// Requests bounds the request line and header fields of one client
+// request, on direct and intercepted connections alike. The defaults are
+// Envoy's (max_request_headers_kb 60, max_headers_count 100, rounded to
+// 64 KiB). A request beyond either bound is answered 431 and its
+// connection closed.
+type Requests struct {
+	// MaxHeaderBytes bounds the request line and header fields, each
+	// counted as "Name: value" plus CRLF. Default 65536, from 1024 to
+	// 1048576.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// MaxHeaderFields bounds the header fields, Host included. Default
+	// 100, from 1 to 10000.
+	MaxHeaderFields int `yaml:"max_header_fields"`
 }
 
 // Timeouts bound every stage of a connection.
@@ -350,6 +370,15 @@ func (c *Config) fillDefaults() {
 	if c.MaxIdleConnsPerHost == 0 {
 		c.MaxIdleConnsPerHost = 512
 	}
+	if c.Log.MaxPathBytes == 0 {
+		c.Log.MaxPathBytes = 2048
+	}
+	if c.Requests.MaxHeaderBytes == 0 {
+		c.Requests.MaxHeaderBytes = 64 << 10
+	}
+	if c.Requests.MaxHeaderFields == 0 {
+		c.Requests.MaxHeaderFields = 100
+	}
 	t := &c.Timeouts
 	for _, f := range []struct {
 		d   *Duration
@@ -478,6 +507,9 @@ var (
 	nameRE        = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)
 	tokenRE       = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 	fingerprintRE = regexp.MustCompile(`^[0-9a-fA-F]{12,64}$`)
+	// hostNameRE: dot-separated labels of letters, digits, '-' and '_'
+	// (1 to 63 each, no '-' at either end), an optional final dot.
+	hostNameRE = regexp.MustCompile(`^([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$`)
 )
 
 func (c *Config) validate(d *document, root *yaml.Node) error {
@@ -508,8 +540,32 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 	default:
 		return fail("log.format", "%q: want json or console", c.Log.Format)
 	}
-	if c.MaxIdleConnsPerHost < 0 {
-		return fail("max_idle_conns_per_host", "must not be negative")
+	b := bounds{d: d, root: root}
+	b.count("max_idle_conns_per_host", c.MaxIdleConnsPerHost, 1, 65536, "512")
+	b.count("requests.max_header_bytes", c.Requests.MaxHeaderBytes, 1024, 1<<20, "65536")
+	b.count("requests.max_header_fields", c.Requests.MaxHeaderFields, 1, 10000, "100")
+	b.count("log.max_path_bytes", c.Log.MaxPathBytes, 64, 65536, "2048")
+	t := &c.Timeouts
+	for _, f := range []struct {
+		name string
+		v    Duration
+		hi   time.Duration
+		dflt string
+	}{
+		{"dial", t.Dial, 5 * time.Minute, "10s"},
+		{"tls_handshake", t.TLSHandshake, 5 * time.Minute, "10s"},
+		{"response_header", t.ResponseHeader, time.Hour, "60s"},
+		{"idle_conn", t.IdleConn, time.Hour, "90s"},
+		{"client_idle", t.ClientIdle, time.Hour, "2m"},
+		{"client_header", t.ClientHeader, 5 * time.Minute, "30s"},
+		{"tunnel_idle", t.TunnelIdle, 24 * time.Hour, "5m"},
+		{"shutdown", t.Shutdown, time.Hour, "15s"},
+	} {
+		b.duration("timeouts."+f.name, f.v, time.Millisecond, f.hi,
+			"there is no \"no timeout\"; leave it out for the default "+f.dflt)
+	}
+	if b.err != nil {
+		return b.err
 	}
 	if (c.CACert == "") != (c.CAKey == "") {
 		return fail("ca_cert", "ca_cert and ca_key go together: set both or neither")
@@ -540,9 +596,8 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 			hosts[key] = fmt.Sprintf("%s (%s)", hp, u.Name)
 		}
 		if u.ConnectTo != "" {
-			_, port, err := net.SplitHostPort(u.ConnectTo)
-			if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 {
-				return fail(p+".connect_to", "%q: want host:port with a port from 1 to 65535", u.ConnectTo)
+			if err := checkHostPort(u.ConnectTo); err != nil {
+				return fail(p+".connect_to", "%v", err)
 			}
 		}
 		for j, r := range u.Identity {
@@ -579,8 +634,8 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 				return fail(fmt.Sprintf("%s.throttle.retry.methods[%d]", p, j), "%q: want an upper-case HTTP method", m)
 			}
 		}
-		if th.Retry.MaxAttempts < 0 || th.Retry.MaxAttempts > 10 {
-			return fail(p+".throttle.retry.max_attempts", "must be from 1 to 10")
+		if th.Retry.MaxAttempts < 0 || th.Retry.MaxAttempts > 10 || th.Retry.MaxAttempts == 0 && d.set(root, p+".throttle.retry.max_attempts") {
+			return fail(p+".throttle.retry.max_attempts", "must be from 1 to 10 (1: no retry)")
 		}
 		if th.Retry.MaxBody < 0 {
 			return fail(p+".throttle.retry.max_body", "must not be negative")
@@ -593,8 +648,22 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 		if th := u.Learn.Threshold; th != nil && (*th < 0 || *th >= 1) {
 			return fail(p+".learn.threshold", "%v: want a share from 0 to below 1, such as 0.05", *th)
 		}
-		if u.MaxQueue < 0 {
-			return fail(p+".max_queue", "must not be negative")
+		switch {
+		case u.MaxQueue == 0 && d.set(root, p+".max_queue"):
+			return fail(p+".max_queue", "0 would queue nothing: write mode: reject to answer 429 at once, or leave max_queue out for the default 1000")
+		case u.MaxQueue < 0 || u.MaxQueue > 100000:
+			return fail(p+".max_queue", "%d: want a number of requests from 1 to 100000", u.MaxQueue)
+		}
+		b.duration(p+".max_wait", u.MaxWait, time.Millisecond, time.Hour,
+			"write mode: reject to answer 429 at once, or leave max_wait out for the default 30s")
+		if b.err != nil {
+			return b.err
+		}
+		if u.WindowMargin == 0 && d.set(root, p+".window_margin") {
+			return fail(p+".window_margin", "0 is not allowed: the margin absorbs the latency to the vendor; leave it out for 1%% of each window (10ms..1s), or write a small duration such as 1ms")
+		}
+		if err := checkMargin(u); err != nil {
+			return fail(p+".window_margin", "%v", err)
 		}
 		if path, err := u.Answer.check(p + ".answer"); err != nil {
 			return fail(path, "%v", err)
@@ -611,6 +680,93 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 				return fail(op, "an override needs limits")
 			}
 		}
+	}
+	return nil
+}
+
+// bounds checks numbers and durations against their ranges and keeps the
+// first error. A zero the file sets explicitly is refused: zero stands for
+// "not set" (the default) and must not be taken for "none" or "off".
+type bounds struct {
+	d    *document
+	root *yaml.Node
+	err  error
+}
+
+func (b *bounds) fail(path, format string, args ...any) {
+	if b.err == nil {
+		b.err = b.d.errorf(b.d.node(b.root, path), "%s: %s", path, fmt.Sprintf(format, args...))
+	}
+}
+
+// count checks a whole number; dflt is the default, for the message.
+func (b *bounds) count(path string, v, lo, hi int, dflt string) {
+	switch {
+	case v == 0 && b.d.set(b.root, path):
+		b.fail(path, "0 is not allowed: leave it out for the default %s, or write a number from %d to %d", dflt, lo, hi)
+	case v != 0 && (v < lo || v > hi):
+		b.fail(path, "%d: want a number from %d to %d", v, lo, hi)
+	}
+}
+
+// duration checks a duration; zero says what to write instead.
+func (b *bounds) duration(path string, v Duration, lo, hi time.Duration, zero string) {
+	switch d := time.Duration(v); {
+	case d == 0 && b.d.set(b.root, path):
+		b.fail(path, "0 is not allowed: %s", zero)
+	case d != 0 && (d < lo || d > hi):
+		b.fail(path, "%v: want a duration from %v to %v", d, lo, hi)
+	}
+}
+
+// checkMargin refuses a window_margin above a quarter of the shortest
+// window it widens: the configured ones, or, with none configured, the
+// 1s windows vendors report in their headers.
+func checkMargin(u Upstream) error {
+	m := time.Duration(u.WindowMargin)
+	if m == 0 {
+		return nil // 1% of each window, at most 1s: always within bounds
+	}
+	var shortest time.Duration
+	from := ""
+	consider := func(ls []Limit, where string) {
+		for _, l := range ls {
+			if shortest == 0 || l.Window < shortest {
+				shortest, from = l.Window, fmt.Sprintf("the window of %s (%s)", where, quota.Limit(l).String())
+			}
+		}
+	}
+	consider(u.Limits, "limits")
+	if u.Anonymous != nil {
+		consider(u.Anonymous.Limits, "anonymous.limits")
+	}
+	for j, r := range u.Identity {
+		consider(r.Limits, fmt.Sprintf("identity[%d].limits", j))
+	}
+	for j, o := range u.Overrides {
+		consider(o.Limits, fmt.Sprintf("overrides[%d].limits", j))
+	}
+	if shortest == 0 {
+		shortest, from = time.Second, "the 1s windows vendors report (no limits are configured)"
+	}
+	if m > shortest/4 {
+		return fmt.Errorf("%v is above a quarter (%v) of %s; a margin widens every window, so keep it small against the window", m, shortest/4, from)
+	}
+	return nil
+}
+
+// checkHostPort checks a dial address: a host name or IP address, and a
+// port from 1 to 65535.
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" {
+		return fmt.Errorf("%q: want host:port, such as api.internal:443 or 10.0.0.5:8443", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strings.TrimLeft(port, "0123456789") != "" {
+		return fmt.Errorf("%q: port must be a number from 1 to 65535", s)
+	}
+	if net.ParseIP(host) == nil && (len(host) > 253 || !hostNameRE.MatchString(host)) {
+		return fmt.Errorf("%q: %q is neither a host name nor an IP address", s, host)
 	}
 	return nil
 }

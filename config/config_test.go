@@ -51,6 +51,7 @@ func TestDefaultsOfAMinimalConfig(t *testing.T) {
 }
 
 func TestBadConfigsNameFileLineAndField(t *testing.T) {
+	const up = "upstreams:\n  - name: a\n    hosts: [a]\n"
 	tests := []struct {
 		name, yaml string
 		want       []string // substrings of the error
@@ -86,6 +87,49 @@ func TestBadConfigsNameFileLineAndField(t *testing.T) {
 		{"syntax error", "upstreams: [\n", []string{"bad.yaml"}},
 		{"empty file", "", []string{"bad.yaml", "empty"}},
 		{"alias", "listen: &x 127.0.0.1:1\nadmin: *x\n", []string{"bad.yaml:2:", "admin", "aliases are not supported"}},
+
+		// Bounds (issue 12): out-of-range values, and zeros that would
+		// silently mean the default.
+		{"max_queue 0", up + "    max_queue: 0\n", []string{"bad.yaml:4:", "upstreams[0].max_queue", "mode: reject", "leave max_queue out"}},
+		{"max_queue negative", up + "    max_queue: -1\n", []string{"bad.yaml:4:", "upstreams[0].max_queue", "from 1 to 100000"}},
+		{"max_queue too large", up + "    max_queue: 100001\n", []string{"bad.yaml:4:", "upstreams[0].max_queue", "from 1 to 100000"}},
+		{"max_wait too long", up + "    max_wait: 1000000h\n", []string{"bad.yaml:4:", "upstreams[0].max_wait", "from 1ms to 1h0m0s"}},
+		{"max_wait 0", up + "    max_wait: 0s\n", []string{"bad.yaml:4:", "upstreams[0].max_wait", "0 is not allowed", "mode: reject"}},
+		{"window_margin above W/4", up + "    limits: [5/1s, 100/1m]\n    window_margin: 251ms\n", []string{"bad.yaml:5:", "upstreams[0].window_margin", "quarter (250ms)", "limits (5/1s)"}},
+		{"window_margin 10h", up + "    limits: [350/1h]\n    window_margin: 10h\n", []string{"bad.yaml:5:", "upstreams[0].window_margin", "quarter (15m0s)"}},
+		{"window_margin against an identity rule's window", up + "    limits: [350/1h]\n    identity: [{header: k, limits: [1/1s]}]\n    window_margin: 1s\n",
+			[]string{"upstreams[0].window_margin", "identity[0].limits (1/1s)"}},
+		{"window_margin against an override's window", up + "    limits: [350/1h]\n    overrides: [{prefix: a, limits: [2/2s]}]\n    window_margin: 1s\n",
+			[]string{"upstreams[0].window_margin", "overrides[0].limits (2/2s)"}},
+		{"window_margin against the anonymous window", up + "    limits: [350/1h]\n    anonymous: {limits: [1/1s]}\n    window_margin: 1s\n",
+			[]string{"upstreams[0].window_margin", "anonymous.limits (1/1s)"}},
+		{"window_margin without limits", up + "    window_margin: 300ms\n", []string{"upstreams[0].window_margin", "no limits are configured"}},
+		{"window_margin 0", up + "    window_margin: 0s\n", []string{"bad.yaml:4:", "upstreams[0].window_margin", "0 is not allowed"}},
+		{"connect_to not a host", up + "    connect_to: 'not a host:443'\n", []string{"bad.yaml:4:", "upstreams[0].connect_to", "neither a host name nor an IP address"}},
+		{"connect_to without a host", up + "    connect_to: ':443'\n", []string{"bad.yaml:4:", "upstreams[0].connect_to", "want host:port"}},
+		{"connect_to with a signed port", up + "    connect_to: 'a.internal:+443'\n", []string{"bad.yaml:4:", "upstreams[0].connect_to", "port"}},
+		{"connect_to with a label too long", up + "    connect_to: '" + strings.Repeat("a", 64) + ".internal:443'\n", []string{"upstreams[0].connect_to", "neither"}},
+		{"connect_to too long", up + "    connect_to: '" + strings.Repeat("a.", 127) + "aa:443'\n", []string{"upstreams[0].connect_to", "neither"}},
+		{"max_attempts 0", up + "    throttle: {retry: {max_attempts: 0}}\n", []string{"bad.yaml:4:", "upstreams[0].throttle.retry.max_attempts", "1: no retry"}},
+		{"pool size 0", "max_idle_conns_per_host: 0\n", []string{"bad.yaml:1:", "max_idle_conns_per_host", "0 is not allowed", "default 512"}},
+		{"pool size negative", "max_idle_conns_per_host: -1\n", []string{"bad.yaml:1:", "max_idle_conns_per_host", "from 1 to 65536"}},
+		{"pool size too large", "max_idle_conns_per_host: 65537\n", []string{"bad.yaml:1:", "max_idle_conns_per_host", "from 1 to 65536"}},
+		{"timeout 0", "timeouts:\n  tunnel_idle: 0s\n", []string{"bad.yaml:2:", "timeouts.tunnel_idle", "no timeout", "default 5m"}},
+		{"dial timeout too long", "timeouts:\n  dial: 6m\n", []string{"bad.yaml:2:", "timeouts.dial", "from 1ms to 5m0s"}},
+		{"tls_handshake timeout too long", "timeouts:\n  tls_handshake: 6m\n", []string{"bad.yaml:2:", "timeouts.tls_handshake", "to 5m0s"}},
+		{"response_header timeout too long", "timeouts:\n  response_header: 2h\n", []string{"bad.yaml:2:", "timeouts.response_header", "to 1h0m0s"}},
+		{"idle_conn timeout too long", "timeouts:\n  idle_conn: 2h\n", []string{"bad.yaml:2:", "timeouts.idle_conn", "to 1h0m0s"}},
+		{"client_idle timeout too long", "timeouts:\n  client_idle: 2h\n", []string{"bad.yaml:2:", "timeouts.client_idle", "to 1h0m0s"}},
+		{"client_header timeout too long", "timeouts:\n  client_header: 6m\n", []string{"bad.yaml:2:", "timeouts.client_header", "to 5m0s"}},
+		{"tunnel_idle timeout too long", "timeouts:\n  tunnel_idle: 25h\n", []string{"bad.yaml:2:", "timeouts.tunnel_idle", "to 24h0m0s"}},
+		{"shutdown timeout too long", "timeouts:\n  shutdown: 2h\n", []string{"bad.yaml:2:", "timeouts.shutdown", "to 1h0m0s"}},
+		{"timeout too short", "timeouts:\n  dial: 1us\n", []string{"bad.yaml:2:", "timeouts.dial", "from 1ms"}},
+		{"header bytes too small", "requests:\n  max_header_bytes: 1023\n", []string{"bad.yaml:2:", "requests.max_header_bytes", "from 1024 to 1048576"}},
+		{"header bytes too large", "requests:\n  max_header_bytes: 1048577\n", []string{"bad.yaml:2:", "requests.max_header_bytes", "from 1024 to 1048576"}},
+		{"header bytes 0", "requests:\n  max_header_bytes: 0\n", []string{"bad.yaml:2:", "requests.max_header_bytes", "0 is not allowed", "65536"}},
+		{"header fields too many", "requests:\n  max_header_fields: 10001\n", []string{"bad.yaml:2:", "requests.max_header_fields", "from 1 to 10000"}},
+		{"header fields 0", "requests:\n  max_header_fields: 0\n", []string{"bad.yaml:2:", "requests.max_header_fields", "0 is not allowed"}},
+		{"logged path too short", "log:\n  max_path_bytes: 63\n", []string{"bad.yaml:2:", "log.max_path_bytes", "from 64 to 65536"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -250,5 +294,47 @@ func TestAnonymousLimitsDefaultToTheUpstreamsUnlessEmptyOnPurpose(t *testing.T) 
 		if cfg.Upstreams[0].Hosts[1] != "::1" {
 			t.Errorf("IPv6 host stored as %q, want ::1", cfg.Upstreams[0].Hosts[1])
 		}
+	}
+}
+
+// TestBoundsAcceptTheirEdges: each bound admits the values at its edges.
+func TestBoundsAcceptTheirEdges(t *testing.T) {
+	cfg, err := Parse("edges.yaml", []byte(`max_idle_conns_per_host: 65536
+requests: {max_header_bytes: 1024, max_header_fields: 10000}
+log: {max_path_bytes: 64}
+timeouts: {dial: 5m, tls_handshake: 1ms, response_header: 1h, tunnel_idle: 24h}
+upstreams:
+  - name: a
+    hosts: [a]
+    limits: [5/1s, 100/1m]
+    window_margin: 250ms
+    max_wait: 1h
+    max_queue: 100000
+    connect_to: a.internal.:443
+  - name: b
+    hosts: [b]
+    window_margin: 250ms
+    max_queue: 1
+    connect_to: "[::1]:8443"
+  - name: c
+    hosts: [c]
+    connect_to: 10.0.0.5:1
+    throttle: {retry: {max_attempts: 1}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Upstreams[0].MaxQueue != 100000 || cfg.Requests.MaxHeaderFields != 10000 {
+		t.Errorf("edge values not kept: %+v %+v", cfg.Upstreams[0], cfg.Requests)
+	}
+}
+
+func TestRequestAndLogBoundsDefaults(t *testing.T) {
+	cfg, err := Parse("min.yaml", []byte("listen: 127.0.0.1:1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Requests.MaxHeaderBytes != 64<<10 || cfg.Requests.MaxHeaderFields != 100 || cfg.Log.MaxPathBytes != 2048 {
+		t.Errorf("defaults: requests %+v, log.max_path_bytes %d", cfg.Requests, cfg.Log.MaxPathBytes)
 	}
 }

@@ -141,6 +141,13 @@ func (d *document) node(root *yaml.Node, path string) *yaml.Node {
 	return n
 }
 
+// set reports whether the document sets the field at path (such as
+// "upstreams[0].max_queue") itself.
+func (d *document) set(root *yaml.Node, path string) bool {
+	n := d.node(root, path)
+	return n != nil && d.paths[n] == path
+}
+
 func mappingValue(n *yaml.Node, key string) *yaml.Node {
 	if n.Kind != yaml.MappingNode {
 		return nil

@@ -24,14 +24,14 @@ func TestShutdownAnswersWhatStillWaitsWith503(t *testing.T) {
     hosts: [api.test]
     connect_to: %s
     identity: [{header: apikey}]
-    limits: [1/1h]
-    max_wait: 2h
+    limits: [1/30m]
+    max_wait: 1h
   - name: secure
     hosts: [other.test]
     connect_to: %s
     identity: [{header: apikey}]
-    limits: [1/1h]
-    max_wait: 2h
+    limits: [1/30m]
+    max_wait: 1h
 `, plain.addr(), secure.addr()))
 	c := p.client()
 	if code, _, _ := get(t, c, "http://api.test/a", "k"); code != 200 {
@@ -79,8 +79,8 @@ func TestShutdownAnswersWhatStillWaitsWith503(t *testing.T) {
 		json.Unmarshal([]byte(a.body), &e)
 		retryAfter := a.header.Get("Retry-After")
 		secs, _ := strconv.Atoi(retryAfter)
-		if a.code != 503 || e.Error.Code != "PROXY_SHUTTING_DOWN" || secs < 3000 {
-			t.Errorf("%s: %d %s, Retry-After %q; want 503 PROXY_SHUTTING_DOWN with Retry-After the ~3600s to its slot", a.name, a.code, a.body, retryAfter)
+		if a.code != 503 || e.Error.Code != "PROXY_SHUTTING_DOWN" || secs < 1700 {
+			t.Errorf("%s: %d %s, Retry-After %q; want 503 PROXY_SHUTTING_DOWN with Retry-After the ~1800s to its slot", a.name, a.code, a.body, retryAfter)
 		}
 	}
 	logs := p.logs.String()

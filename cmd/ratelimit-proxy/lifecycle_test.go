@@ -131,8 +131,8 @@ upstreams:
     hosts: [api.test]
     connect_to: %s
     identity: [{header: apikey}]
-    limits: [1/1h]
-    max_wait: 3h
+    limits: [1/20m]
+    max_wait: 1h
 `, up.srv.Listener.Addr()))
 	p := startMain(t, nil, "run", "-config", cfg, "-listen", "127.0.0.1:0")
 	addr := p.addr(t, "proxy listening")
@@ -175,7 +175,7 @@ upstreams:
 			}
 			continue
 		}
-		if secs, _ := strconv.Atoi(a.retryAfter); a.code != 503 || secs < 3000 || !strings.Contains(a.body, "PROXY_SHUTTING_DOWN") {
+		if secs, _ := strconv.Atoi(a.retryAfter); a.code != 503 || secs < 1100 || !strings.Contains(a.body, "PROXY_SHUTTING_DOWN") {
 			t.Errorf("%s, queued at SIGTERM: %d %q, Retry-After %q; want 503 with the time to its slot", a.path, a.code, a.body, a.retryAfter)
 		}
 	}

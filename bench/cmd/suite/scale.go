@@ -37,11 +37,11 @@ upstreams:
     hosts: [q.bench.test]
     connect_to: %s
     identity: [{header: X-API-Key}]
-    limits: [1/1h]
+    limits: [%d/30m]
     mode: queue
-    max_wait: 50000h
+    max_wait: 1h
     max_queue: %d
-`, b.work, b.up.HTTP, n+100)
+`, b.work, b.up.HTTP, n, n+100)
 	p, addr, _, err := startOurs("ratelimit-proxy (queue)", b.bin("ratelimit-proxy"), b.work+"/queue", cfg)
 	if err != nil {
 		return row, err
@@ -49,17 +49,28 @@ upstreams:
 	defer p.stop()
 	pid := p.cmd.Process.Pid
 
-	// Prime: one request passes at once (pool, CA, code paths warm).
+	// Prime: n requests pass at once and spend the key's n/30m (pool, CA,
+	// code paths warm); each of the n that follow then waits about 30
+	// minutes for the slot of one of them, within max_wait (at most 1h).
 	pu, _ := url.Parse("http://" + addr)
 	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}, Timeout: 10 * time.Second}
-	req, _ := http.NewRequest(http.MethodGet, "http://q.bench.test/", nil)
-	req.Header.Set("X-API-Key", "queue-key")
-	resp, err := c.Do(req)
-	if err != nil {
-		return row, err
+	primeEnd := time.Now().Add(60 * time.Second)
+	for i := range n {
+		if time.Now().After(primeEnd) {
+			return row, fmt.Errorf("priming %d requests took over 60s (%d sent)", n, i)
+		}
+		req, _ := http.NewRequest(http.MethodGet, "http://q.bench.test/", nil)
+		req.Header.Set("X-API-Key", "queue-key")
+		resp, err := c.Do(req)
+		if err != nil {
+			return row, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return row, fmt.Errorf("priming request %d: status %d", i+1, resp.StatusCode)
+		}
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
 	c.Transport.(*http.Transport).CloseIdleConnections()
 	time.Sleep(500 * time.Millisecond)
 	rss0 := rss(pid)
@@ -114,7 +125,7 @@ upstreams:
 	} else {
 		row.met = "no"
 	}
-	row.command = "suite: ratelimit-proxy with limits [1/1h], max_wait 50000h, mode queue; " + strconv.Itoa(n) + " raw connections each sending one request of one key"
+	row.command = "suite: ratelimit-proxy with limits [N/30m] spent by N requests, max_wait 1h, mode queue; then " + strconv.Itoa(n) + " raw connections each sending one request of that key"
 	return row, nil
 }
 
