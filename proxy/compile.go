@@ -23,7 +23,7 @@ import (
 type Policy struct {
 	routes       router
 	unknownHosts unknownHosts
-	connectTo    map[string]string // host or host:port -> the address dialled
+	connectTo    map[string]string // host or host:port -> its connect_to (a reload that changes it closes idle connections)
 	upstreams    []*upstream       // in configuration order
 }
 
@@ -124,6 +124,7 @@ func compileUpstream(u *config.Upstream, path string) (*upstream, error) {
 		maxWait:      time.Duration(u.MaxWait),
 		maxQueue:     u.MaxQueue,
 		windowMargin: time.Duration(u.WindowMargin),
+		connectTo:    u.ConnectTo,
 		anonKey:      u.Name + "/anonymous",
 		buckets:      newBucketMap(4096),
 		tuner:        &marginTuner{},

@@ -25,7 +25,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 		target = net.JoinHostPort(target, "443")
 	}
 	policy := s.policy.Load()
-	up := policy.routes.route(target)
+	up := policy.routes.route(target, "443")
 	action := "intercept"
 	var upstreamConn net.Conn
 	dialErr := ""

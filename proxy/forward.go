@@ -43,6 +43,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 	x.first.trace.GotConn = x.first.gotConn
 	x.first.trace.WroteRequest = x.first.wroteRequest
 	ctx := httptrace.WithClientTrace(r.Context(), &x.first.trace)
+	if x.up != nil && x.up.connectTo != "" {
+		ctx = context.WithValue(ctx, connectToKey{}, x.up.connectTo)
+	}
 	if isUpgrade(r.Header) {
 		// ReverseProxy passes 1xx answers on itself: x.w stays nil.
 		s.upgrader.ServeHTTP(w, r.WithContext(context.WithValue(ctx, exchangeKey{}, x)))

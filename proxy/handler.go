@@ -86,7 +86,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	policy := s.policy.Load() // the request keeps it, whatever a reload does
-	x.up = policy.routes.route(r.URL.Host)
+	x.up = policy.routes.route(r.URL.Host, defaultPort(r.URL.Scheme))
 	if x.up == nil {
 		if policy.unknownHosts == denyUnknown {
 			x.decision = decisionDenied

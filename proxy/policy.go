@@ -27,6 +27,7 @@ type upstream struct {
 	reject    bool
 	maxWait   time.Duration
 	maxQueue  int
+	connectTo string // host:port dialled instead of the request's host; "" for none
 
 	// windowMargin widens every window; 0 means 1% of the window, at
 	// least 10ms and at most 1s.
@@ -200,18 +201,38 @@ type router struct {
 	hosts map[string]*upstream // "host" or "host:port", lower-case
 }
 
-func (rt *router) route(hostport string) *upstream {
+// route finds the upstream of hostport. An upstream that lists host:port
+// claims that port only; one that lists a bare host claims the scheme's
+// default port only: defaultPort is "443" for https and CONNECT, "80" for
+// http. A hostport without a port (or with an empty one) is on the
+// default port.
+func (rt *router) route(hostport, defaultPort string) *upstream {
 	if len(rt.hosts) == 0 {
 		return nil
 	}
 	h := strings.ToLower(hostport)
-	if u := rt.hosts[h]; u != nil {
+	host, port, err := net.SplitHostPort(h)
+	if err != nil {
+		host, port = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"), defaultPort
+	}
+	if port == "" {
+		port = defaultPort
+	}
+	if u := rt.hosts[net.JoinHostPort(host, port)]; u != nil {
 		return u
 	}
-	if host, _, err := net.SplitHostPort(h); err == nil {
-		return rt.hosts[strings.Trim(host, "[]")]
+	if port == defaultPort {
+		return rt.hosts[host]
 	}
-	return rt.hosts[strings.Trim(h, "[]")]
+	return nil
+}
+
+// defaultPort is the port a URL of scheme names when it names none.
+func defaultPort(scheme string) string {
+	if scheme == "http" {
+		return "80"
+	}
+	return "443"
 }
 
 // ceilSeconds rounds d up to whole seconds, at least 1.

@@ -133,19 +133,26 @@ func TestEnforcedLimitsAreWidenedButShownAsConfigured(t *testing.T) {
 	}
 }
 
-func TestRouterMatchesHostWithAndWithoutPort(t *testing.T) {
-	a, b := &upstream{name: "a"}, &upstream{name: "b"}
-	rt := router{hosts: map[string]*upstream{"api.a.com": a, "api.b.com:8443": b, "127.0.0.1": a}}
+// TestRouterPortCounts: a host listed with a port claims that port only;
+// a host listed without one claims its scheme's default port only (443
+// for CONNECT and https, 80 for http), so that a client cannot reach a
+// listed host's other ports as if they were its API.
+func TestRouterPortCounts(t *testing.T) {
+	a, b, v6 := &upstream{name: "a"}, &upstream{name: "b"}, &upstream{name: "v6"}
+	rt := router{hosts: map[string]*upstream{"api.a.com": a, "api.b.com:8443": b, "127.0.0.1": a, "::1": v6, "[::2]:8443": v6}}
 	for _, tt := range []struct {
-		host string
-		want *upstream
+		host, port string
+		want       *upstream
 	}{
-		{"api.a.com", a}, {"API.A.COM:443", a}, {"api.a.com:80", a},
-		{"api.b.com:8443", b}, {"api.b.com:443", nil}, {"api.b.com", nil},
-		{"127.0.0.1:9000", a}, {"other.com:443", nil},
+		{"api.a.com", "443", a}, {"API.A.COM:443", "443", a}, {"api.a.com:443", "443", a},
+		{"api.a.com", "80", a}, {"api.a.com:80", "80", a}, {"api.a.com:", "80", a},
+		{"api.a.com:80", "443", nil}, {"api.a.com:443", "80", nil}, {"api.a.com:8443", "443", nil},
+		{"api.b.com:8443", "443", b}, {"api.b.com:8443", "80", b}, {"api.b.com:443", "443", nil}, {"api.b.com", "443", nil},
+		{"127.0.0.1:443", "443", a}, {"127.0.0.1:9000", "443", nil}, {"other.com:443", "443", nil},
+		{"[::1]:443", "443", v6}, {"[::1]", "80", v6}, {"[::1]:22", "443", nil}, {"[::2]:8443", "443", v6},
 	} {
-		if got := rt.route(tt.host); got != tt.want {
-			t.Errorf("route(%q) = %v, want %v", tt.host, got, tt.want)
+		if got := rt.route(tt.host, tt.port); got != tt.want {
+			t.Errorf("route(%q, default port %s) = %v, want %v", tt.host, tt.port, got, tt.want)
 		}
 	}
 }

@@ -267,16 +267,22 @@ func (s *Server) AdminHandler() http.Handler {
 	return mux
 }
 
+// connectToKey carries the connect_to of a routed request's upstream to
+// the transport's dialer. The route decides, not the dialer (which sees
+// host:port but not the scheme): a request that routes to no upstream, a
+// listed host on another port, is never redirected. Connections are
+// pooled by scheme and host:port, which decide the route, so a pooled
+// connection serves one route; a reload that changes connect_to closes
+// the idle ones.
+type connectToKey struct{}
+
 // newTransport is the upstream transport. It dials the connect_to of the
-// policy in force when the connection is opened.
+// request's upstream, if any, else the request's host.
 func (s *Server) newTransport(cfg *config.Config, roots *x509.CertPool, dial func(context.Context, string, string) (net.Conn, error)) *http.Transport {
 	return &http.Transport{
 		Proxy: nil, // never read HTTP_PROXY: the proxy must not dial itself
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			connectTo := s.policy.Load().connectTo
-			if to, ok := connectTo[strings.ToLower(addr)]; ok {
-				addr = to
-			} else if to, ok := connectTo[strings.ToLower(hostOnly(addr))]; ok {
+			if to, ok := ctx.Value(connectToKey{}).(string); ok {
 				addr = to
 			}
 			c, err := dial(ctx, network, addr)
