@@ -18,40 +18,44 @@ import (
 // serveConnect answers a CONNECT: a host with a policy is intercepted (TLS
 // terminated with a leaf certificate of the proxy's CA, its requests served
 // by the inner server), any other host is tunnelled untouched or refused.
+// A refused CONNECT closes the connection after its answer; a CONNECT
+// inside an intercepted tunnel is refused.
 func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	target := r.Host
-	if _, _, err := net.SplitHostPort(target); err != nil {
-		target = net.JoinHostPort(target, "443")
-	}
+	target, valid := connectTarget(r.Host)
+	_, nested := r.Context().Value(interceptKey{}).(string)
 	policy := s.policy.Load()
-	up := policy.routes.route(target, "443")
 	action := "intercept"
+	reason := "" // why the CONNECT failed or was refused, for the log only
 	var upstreamConn net.Conn
-	dialErr := ""
 	switch {
-	case up != nil:
+	case nested:
+		action, reason, target = decisionDenied, "CONNECT inside an intercepted tunnel", r.Host
+		refuse(w, http.StatusMethodNotAllowed, "CONNECT_IN_TUNNEL", "a CONNECT inside an intercepted tunnel is not allowed")
+	case !valid:
+		action, reason, target = decisionError, "not a host:port", r.Host
+		refuse(w, http.StatusBadRequest, "BAD_CONNECT_TARGET", "CONNECT needs host:port, with a port from 1 to 65535")
+	case policy.routes.route(target, "443") != nil:
 	case policy.unknownHosts == denyUnknown:
 		action = decisionDenied
-		writeJSON(w, http.StatusForbidden, errorBody{Error: errorDetail{Code: "HOST_NOT_ALLOWED",
-			Message: "no upstream policy for this host, and unknown_hosts is deny", Source: "proxy"}})
+		refuse(w, http.StatusForbidden, "HOST_NOT_ALLOWED", "no upstream policy for this host, and unknown_hosts is deny")
 	default:
 		action = "tunnel"
 		ctx, cancel := context.WithTimeout(r.Context(), time.Duration(s.timeouts.Dial))
 		c, err := s.dial(ctx, "tcp", target)
 		cancel()
 		if err != nil {
-			action, dialErr = decisionError, err.Error() // the raw error for the log only
+			action, reason = decisionError, err.Error() // the raw error for the log only
 			f := classifyFailure(err)
-			writeJSON(w, f.status, errorBody{Error: errorDetail{Code: f.code, Message: f.message, Source: "proxy"}})
+			refuse(w, f.status, f.code, f.message)
 			break
 		}
 		upstreamConn = c
 	}
-	fields := []zap.Field{zap.String("host", target), zap.String("decision", action),
+	fields := []zap.Field{zap.String("host", s.logged(target)), zap.String("decision", action),
 		zap.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000)}
-	if dialErr != "" {
-		fields = append(fields, zap.String("error", dialErr))
+	if reason != "" {
+		fields = append(fields, zap.String("error", reason))
 	}
 	s.log.Info("connect", fields...)
 	if action != "intercept" && action != "tunnel" {

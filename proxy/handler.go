@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -59,6 +60,15 @@ type exchangeKey struct{}
 // ServeHTTP serves proxy requests: CONNECT, absolute-form requests, and
 // the origin-form requests of intercepted connections.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if size, fields := headerSize(r); size > s.requests.MaxHeaderBytes || fields > s.requests.MaxHeaderFields {
+		x := &exchange{start: time.Now(), decision: decisionError, status: http.StatusRequestHeaderFieldsTooLarge,
+			err: fmt.Sprintf("request head of %d bytes in %d fields is beyond requests.max_header_bytes %d or max_header_fields %d",
+				size, fields, s.requests.MaxHeaderBytes, s.requests.MaxHeaderFields)}
+		defer s.logExchange(r, x)
+		refuse(w, x.status, "HEADERS_TOO_LARGE", fmt.Sprintf("the request's header fields exceed the proxy's bounds (%d bytes, %d fields)",
+			s.requests.MaxHeaderBytes, s.requests.MaxHeaderFields))
+		return
+	}
 	if r.Method == http.MethodConnect {
 		s.serveConnect(w, r)
 		return
@@ -68,10 +78,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if ce := s.log.Check(zap.DebugLevel, "request received"); ce != nil {
 		// Shows a request while it waits; the "request" line comes when
 		// it is answered.
-		ce.Write(zap.String("method", r.Method), zap.String("host", r.Host), zap.String("path", r.URL.Path))
+		ce.Write(zap.String("method", r.Method), zap.String("host", s.logged(r.Host)), zap.String("path", s.logged(r.URL.Path)))
 	}
 
 	if target, ok := r.Context().Value(interceptKey{}).(string); ok {
+		if !sameAuthority(r.Host, target) {
+			// The tunnel was opened, and its certificate made, for target:
+			// a request naming another host is not for this connection.
+			x.decision, x.err = decisionError, "Host does not name the CONNECT target "+s.logged(target)
+			s.writeError(w, x, http.StatusMisdirectedRequest, "MISDIRECTED_REQUEST",
+				"the Host header names another host than the CONNECT that opened this connection")
+			return
+		}
 		r.URL.Scheme, r.URL.Host = "https", target
 	} else if !r.URL.IsAbs() || r.URL.Host == "" {
 		x.decision = decisionError
@@ -226,8 +244,8 @@ func (s *Server) logExchange(r *http.Request, x *exchange) {
 		fields = append(fields,
 			zap.String("upstream", upstream),
 			zap.String("method", r.Method),
-			zap.String("host", r.URL.Host),
-			zap.String("path", r.URL.Path),
+			zap.String("host", s.logged(r.URL.Host)),
+			zap.String("path", s.logged(r.URL.Path)),
 			zap.String("key", key),
 			zap.String("identity", rule),
 			zap.String("decision", x.decision),

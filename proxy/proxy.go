@@ -34,13 +34,15 @@ import (
 // Server is the proxy. Create it with New, run it with Serve, stop it with
 // Shutdown. It is safe for concurrent use.
 type Server struct {
-	log      *zap.Logger
-	store    quota.Store
-	ca       *CA
-	policy   atomic.Pointer[Policy] // swapped whole by Reload
-	fixed    fixedSettings          // what Reload cannot change
-	timeouts config.Timeouts
-	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
+	log       *zap.Logger
+	store     quota.Store
+	ca        *CA
+	policy    atomic.Pointer[Policy] // swapped whole by Reload
+	fixed     fixedSettings          // what Reload cannot change
+	timeouts  config.Timeouts
+	requests  config.Requests // header bounds of client requests
+	maxLogged int             // bytes of a path or host kept in a log line
+	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	reloadMu       sync.Mutex // one reload at a time
 	reloadsApplied atomic.Uint64
@@ -122,6 +124,8 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		ca:          ca,
 		fixed:       fixedOf(cfg),
 		timeouts:    cfg.Timeouts,
+		requests:    cfg.Requests,
+		maxLogged:   cfg.Log.MaxPathBytes,
 		dial:        dial,
 		tunnelConns: map[net.Conn]struct{}{},
 	}
@@ -151,8 +155,11 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 
 	errLog := zap.NewStdLog(log.Named("http"))
 	base := func(net.Listener) context.Context { return s.base }
+	// MaxHeaderBytes bounds what net/http reads of a request's head
+	// (it allows 4 KiB more); ServeHTTP enforces the exact bounds.
 	s.outer = &http.Server{
 		Handler:           s,
+		MaxHeaderBytes:    cfg.Requests.MaxHeaderBytes,
 		ReadHeaderTimeout: time.Duration(cfg.Timeouts.ClientHeader),
 		IdleTimeout:       time.Duration(cfg.Timeouts.ClientIdle),
 		ErrorLog:          errLog,
@@ -161,6 +168,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.innerLn = newConnListener()
 	s.inner = &http.Server{
 		Handler:           s,
+		MaxHeaderBytes:    cfg.Requests.MaxHeaderBytes,
 		ReadHeaderTimeout: time.Duration(cfg.Timeouts.ClientHeader),
 		IdleTimeout:       time.Duration(cfg.Timeouts.ClientIdle),
 		ErrorLog:          errLog,

@@ -13,23 +13,28 @@ import (
 
 // fixedSettings are the settings a Server is built with that a reload
 // cannot change: the CA it signs with, the roots and pool of its upstream
-// transport, the timeouts of its listeners and dialer.
+// transport, the timeouts and header bounds of its listeners and dialer,
+// the length of paths in its log lines.
 type fixedSettings struct {
 	caCert, caKey string
 	roots         []string
 	maxIdle       int
 	timeouts      config.Timeouts // Shutdown excepted: the caller reads it when it stops
+	requests      config.Requests // the listeners' header bounds
+	maxLogged     int             // log.max_path_bytes
 }
 
 func fixedOf(cfg *config.Config) fixedSettings {
 	t := cfg.Timeouts
 	t.Shutdown = 0
 	return fixedSettings{
-		caCert:   cfg.CACert,
-		caKey:    cfg.CAKey,
-		roots:    slices.Clone(cfg.UpstreamRoots),
-		maxIdle:  cfg.MaxIdleConnsPerHost,
-		timeouts: t,
+		caCert:    cfg.CACert,
+		caKey:     cfg.CAKey,
+		roots:     slices.Clone(cfg.UpstreamRoots),
+		maxIdle:   cfg.MaxIdleConnsPerHost,
+		timeouts:  t,
+		requests:  cfg.Requests,
+		maxLogged: cfg.Log.MaxPathBytes,
 	}
 }
 
@@ -47,6 +52,12 @@ func (f fixedSettings) changed(g fixedSettings) []string {
 	}
 	if f.timeouts != g.timeouts {
 		fields = append(fields, "timeouts")
+	}
+	if f.requests != g.requests {
+		fields = append(fields, "requests")
+	}
+	if f.maxLogged != g.maxLogged {
+		fields = append(fields, "log.max_path_bytes")
 	}
 	return fields
 }
