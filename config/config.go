@@ -127,7 +127,9 @@ type Upstream struct {
 	MaxQueue int `yaml:"max_queue"`
 	// WindowMargin widens every window by this much, to absorb network
 	// jitter between the proxy and the vendor's clock. Default: 1% of the
-	// window, at least 10ms and at most 1s.
+	// window, at least 10ms and at most 1s. At most a quarter of the
+	// shortest configured window; a reported window gets at most a
+	// quarter of itself.
 	WindowMargin Duration `yaml:"window_margin"`
 	// Profile names a built-in vendor profile whose fields this upstream
 	// starts from; every field set here overrides the profile's.
@@ -473,12 +475,16 @@ func (c *Config) SetDataDir(dir string) {
 	c.DataDir = dir
 }
 
-// Margin is the widening applied to a window of this upstream.
+// Margin is the widening applied to a window of this upstream: the
+// configured window_margin, or by default 1% of the window, at least 10ms
+// and at most 1s; never more than a quarter of the window (Load refuses a
+// window_margin above that for the configured windows; windows the
+// upstream reports are held to it here).
 func (u *Upstream) Margin(window time.Duration) time.Duration {
 	if u.WindowMargin > 0 {
-		return time.Duration(u.WindowMargin)
+		return min(time.Duration(u.WindowMargin), window/4)
 	}
-	return min(max(window/100, 10*time.Millisecond), time.Second)
+	return min(max(window/100, 10*time.Millisecond), time.Second, window/4)
 }
 
 func orTrue(b *bool) *bool {

@@ -153,13 +153,14 @@ func TestLoadNamesAMissingFile(t *testing.T) {
 	}
 }
 
-func TestMarginDefaultsToOnePercentWithinBounds(t *testing.T) {
+func TestMarginIsOnePercentWithinBoundsAndAQuarterAtMost(t *testing.T) {
 	u := Upstream{}
 	for _, tt := range []struct{ w, want time.Duration }{
 		{100 * time.Millisecond, 10 * time.Millisecond},
 		{time.Second, 10 * time.Millisecond},
 		{time.Minute, 600 * time.Millisecond},
 		{24 * time.Hour, time.Second},
+		{20 * time.Millisecond, 5 * time.Millisecond}, // a quarter of the window at most
 	} {
 		if got := u.Margin(tt.w); got != tt.want {
 			t.Errorf("Margin(%v) = %v, want %v", tt.w, got, tt.want)
@@ -168,6 +169,9 @@ func TestMarginDefaultsToOnePercentWithinBounds(t *testing.T) {
 	u.WindowMargin = Duration(50 * time.Millisecond)
 	if got := u.Margin(time.Hour); got != 50*time.Millisecond {
 		t.Errorf("configured margin: got %v", got)
+	}
+	if got := u.Margin(100 * time.Millisecond); got != 25*time.Millisecond {
+		t.Errorf("configured margin on a reported 100ms window: got %v, want a quarter of it", got)
 	}
 }
 

@@ -30,7 +30,7 @@ type upstream struct {
 	connectTo string // host:port dialled instead of the request's host; "" for none
 
 	// windowMargin widens every window; 0 means 1% of the window, at
-	// least 10ms and at most 1s.
+	// least 10ms and at most 1s; a quarter of the window at most.
 	windowMargin time.Duration
 
 	throttle throttlePolicy
@@ -40,12 +40,15 @@ type upstream struct {
 	tuner    *marginTuner // likewise
 }
 
-// margin is the widening applied to a window of this upstream.
+// margin is the widening applied to a window of this upstream, as
+// config.Upstream.Margin computes it: never more than a quarter of the
+// window (config refuses a window_margin above that for the configured
+// windows; a window the upstream reports is held to it here).
 func (u *upstream) margin(window time.Duration) time.Duration {
 	if u.windowMargin > 0 {
-		return u.windowMargin
+		return min(u.windowMargin, window/4)
 	}
-	return min(max(window/100, 10*time.Millisecond), time.Second)
+	return min(max(window/100, 10*time.Millisecond), time.Second, window/4)
 }
 
 // throttlePolicy is the compiled throttle section of an upstream.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"testing"
+	"time"
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/config"
 )
@@ -153,6 +154,25 @@ func TestRouterPortCounts(t *testing.T) {
 	} {
 		if got := rt.route(tt.host, tt.port); got != tt.want {
 			t.Errorf("route(%q, default port %s) = %v, want %v", tt.host, tt.port, got, tt.want)
+		}
+	}
+}
+
+// TestMarginIsConfigsAndAQuarterOfTheWindowAtMost: the proxy widens a
+// window exactly as config.Upstream.Margin says (check prints that), and
+// never by more than a quarter of it, reported windows included.
+func TestMarginIsConfigsAndAQuarterOfTheWindowAtMost(t *testing.T) {
+	for _, m := range []time.Duration{0, time.Millisecond, 50 * time.Millisecond, 2 * time.Second} {
+		u := &upstream{windowMargin: m}
+		cu := config.Upstream{WindowMargin: config.Duration(m)}
+		for _, w := range []time.Duration{time.Millisecond, 20 * time.Millisecond, 100 * time.Millisecond, time.Second, time.Minute, 24 * time.Hour} {
+			got := u.margin(w)
+			if want := cu.Margin(w); got != want {
+				t.Errorf("margin %v, window %v: proxy %v, config %v", m, w, got, want)
+			}
+			if got > w/4 || got <= 0 {
+				t.Errorf("margin %v, window %v: widened by %v", m, w, got)
+			}
 		}
 	}
 }
