@@ -50,7 +50,7 @@ func validPort(port string) bool {
 
 // sameAuthority reports whether host, the Host of a request inside an
 // intercepted tunnel, names the tunnel's CONNECT target (host:port): the
-// same host in any case, and the same port, a Host without a port naming
+// same host in any ASCII case, and the same port, a Host without a port naming
 // 443. An empty Host (HTTP/1.0) names the target.
 func sameAuthority(host, target string) bool {
 	if host == "" {
@@ -64,7 +64,29 @@ func sameAuthority(host, target string) bool {
 	if err != nil {
 		hh, hp = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), "443"
 	}
-	return strings.EqualFold(hh, th) && hp == tp
+	return asciiEqualFold(hh, th) && hp == tp
+}
+
+// asciiEqualFold is strings.EqualFold for ASCII letters only, as routing
+// folds case: with Unicode folding, "\u017f.test" (a long s) would pass for
+// "s.test" while routing elsewhere.
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // refuse answers with the proxy's JSON error and closes the connection
