@@ -3,8 +3,10 @@ GO ?= go
 # An iteration count, not a duration: with a duration the fuzzer can fail with
 # "context deadline exceeded" when its baseline run over the corpus is slow.
 FUZZTIME ?= 50000x
+# make fuzz: a longer search, this long per target.
+FUZZLONG ?= 60s
 
-.PHONY: test deps vet fuzz-smoke bench-smoke build bench clean
+.PHONY: test deps vet fuzz-smoke fuzz bench-smoke build bench clean
 
 ## test: install what the tests need, then format check, vet, race tests,
 ## fuzz smoke and a smoke pass of the benchmark suite (nothing there fails on speed)
@@ -26,14 +28,26 @@ vet:
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-## fuzz-smoke: run every fuzz target for FUZZTIME (the committed corpus runs in `go test` already)
-fuzz-smoke:
+# fuzz_all runs every fuzz target of every package for $(1): an iteration
+# count (50000x) or a duration (60s).
+define fuzz_all
 	@for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	    echo "fuzz $$pkg $$f ($(1))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(1) $$pkg || exit 1; \
 	  done; \
 	done
+endef
+
+## fuzz-smoke: run every fuzz target for FUZZTIME (the committed corpus runs in `go test` already)
+fuzz-smoke:
+	$(call fuzz_all,$(FUZZTIME))
+
+## fuzz: every fuzz target for FUZZLONG (default 60s; make fuzz FUZZLONG=10m).
+## An input that fails is written to the package's testdata/fuzz/FuzzXxx/:
+## fix the code and commit the input with the fix.
+fuzz:
+	$(call fuzz_all,$(FUZZLONG))
 
 ## build: the binary in bin/; `ratelimit-proxy version` prints VERSION
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)

@@ -17,7 +17,7 @@ func BenchmarkLogLine(b *testing.B) {
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
 	ws := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(io.Discard), Size: 256 << 10, FlushInterval: time.Second}
 	defer ws.Stop()
-	s := &Server{log: zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(encCfg), ws, zapcore.InfoLevel))}
+	s := &Server{log: zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(encCfg), ws, zapcore.InfoLevel)), maxLogged: 2048}
 	r, _ := http.NewRequest(http.MethodGet, "http://api.example.com/v1/items?page=2", nil)
 	up := &upstream{name: "example"}
 	b.ReportAllocs()
