@@ -579,6 +579,7 @@ func (s *Server) tuneMargin(x *exchange, key string, o quota.Observation, now ti
 		return // nothing to compare, or another caller spends the key
 	}
 	if to, changed := up.tuner.widen(now, inForce, o.Period/4, o.Period); changed {
+		s.shareMargin(up)
 		s.log.Info("window margin widened", zap.String("upstream", up.name), zap.Duration("window", o.Period),
 			zap.Duration("from", inForce), zap.Duration("to", to), zap.String("reason", "a throttle the proxy's own count does not explain"))
 	}

@@ -350,3 +350,79 @@ func offsets(ts []time.Time, from time.Time) []time.Duration {
 	}
 	return ds
 }
+
+// sharingStore is a memory store that shares margins as the Redis store
+// does: every proxy built on it sees what the others learned.
+type sharingStore struct {
+	*quota.MemoryStore
+	mu     sync.Mutex
+	margin map[string]time.Duration
+	setAt  map[string]time.Time
+}
+
+func (s *sharingStore) SharedMargin(_ context.Context, upstream string) (time.Duration, time.Time, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.margin[upstream], s.setAt[upstream], nil
+}
+
+func (s *sharingStore) ShareMargin(_ context.Context, upstream string, d time.Duration, at time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.margin[upstream], s.setAt[upstream] = d, at
+	return nil
+}
+
+// TestLearnedMarginIsSharedThroughTheStore: two proxies on one shared
+// store; the first learns a wider margin from the vendor's throttles, and
+// the second, which saw none, spaces its requests by it too.
+func TestLearnedMarginIsSharedThroughTheStore(t *testing.T) {
+	const n, w = 10, time.Second
+	runSim(t, func(t *testing.T, s *sim) {
+		store := &sharingStore{MemoryStore: quota.NewMemoryStore(nil), margin: map[string]time.Duration{}, setAt: map[string]time.Time{}}
+		v := s.vendor("vendor.test:80", "closient", n, w)
+		v.sliding = true
+		rng := rand.New(rand.NewPCG(5, 5))
+		var mu sync.Mutex
+		jitter := func() time.Duration {
+			mu.Lock()
+			defer mu.Unlock()
+			return time.Duration(rng.IntN(61)) * time.Millisecond
+		}
+		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := s.net.Dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return newLatentConn(c, jitter), nil
+		}
+		limits := fmt.Sprintf("limits: [%d/%v]\nmax_wait: 30s\nthrottle: {min_wait: 100ms}\n", n, w)
+		a := s.proxyDial(vendorYAML(v, "closient", limits), store, dial)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*w)
+		push(ctx, a.client(), 30, "http://api.test/items", "a")
+		cancel()
+		if !strings.Contains(a.logs.String(), "window margin widened") {
+			t.Fatal("the first proxy learned no margin: the test did not exercise sharing")
+		}
+		// The second proxy, for the same upstream (name), reaches a plain
+		// recorder with no delay: it has no throttle to learn from.
+		rec := s.recorder("recorder.test:80", false)
+		b := s.proxyWith(fmt.Sprintf("upstreams:\n  - name: closient\n    hosts: [api.test]\n    connect_to: %s\n    identity: [{header: apikey}]\n%s", rec.addr(), indent(limits, "    ")), store)
+		time.Sleep(10 * time.Second) // b reads what a shared (every 5 s)
+		ctx, cancel = context.WithTimeout(context.Background(), 4*w)
+		push(ctx, b.client(), 30, "http://api.test/items", "b")
+		cancel()
+		ts := rec.arrivals("b")
+		if len(ts) <= 2*n {
+			t.Fatalf("the recorder saw %d requests, want more than %d", len(ts), 2*n)
+		}
+		gap := ts[n].Sub(ts[0])
+		if gap < w+60*time.Millisecond {
+			t.Errorf("the second proxy spaced request 0 and %d by %v, want the learned margin (>= 60ms) on top of %v", n, gap, w)
+		}
+		if !strings.Contains(b.logs.String(), "window margin adopted") {
+			t.Error("no log line says the second proxy adopted the margin")
+		}
+		t.Logf("the second proxy's gap between request i and i+%d: %v", n, gap)
+	})
+}

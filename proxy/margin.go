@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"context"
 	"math"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+	"go.uber.org/zap"
 )
 
 // A vendor counts a request when it arrives, after a one-way delay that
@@ -66,6 +68,67 @@ func (m *marginTuner) widen(now time.Time, inForce, most, every time.Duration) (
 	m.setAt.Store(now.UnixNano())
 	m.learned.Store(int64(to))
 	return to, true
+}
+
+// adopt takes a margin learned by another proxy (shared through the
+// store) when it was set after this one's. It reports whether it did.
+func (m *marginTuner) adopt(d time.Duration, setAt time.Time) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if setAt.IsZero() || setAt.UnixNano() <= m.setAt.Load() {
+		return false
+	}
+	m.setAt.Store(setAt.UnixNano())
+	m.learned.Store(int64(d))
+	return true
+}
+
+// setting returns the learned margin as set, and when it was set.
+func (m *marginTuner) setting() (time.Duration, time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return time.Duration(m.learned.Load()), time.Unix(0, m.setAt.Load())
+}
+
+// marginSyncEvery is how often a proxy on a shared store reads the margins
+// other proxies learned.
+const marginSyncEvery = 5 * time.Second
+
+// shareMargin tells the other proxies of a shared store the margin this
+// one just learned for up.
+func (s *Server) shareMargin(up *upstream) {
+	sharer, ok := s.store.(quota.MarginSharer)
+	if !ok {
+		return
+	}
+	d, at := up.tuner.setting()
+	go func() {
+		if err := s.storeCall(func(ctx context.Context) error { return sharer.ShareMargin(ctx, up.name, d, at) }); err != nil {
+			s.log.Warn("sharing a window margin failed", zap.String("upstream", up.name), zap.Error(err))
+		}
+	}()
+}
+
+// syncMargins adopts, every marginSyncEvery until ctx ends, the margins
+// other proxies of a shared store learned.
+func (s *Server) syncMargins(ctx context.Context, sharer quota.MarginSharer) {
+	t := time.NewTicker(marginSyncEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, up := range s.policy.Load().upstreams {
+			var d time.Duration
+			var at time.Time
+			err := s.storeCall(func(ctx context.Context) (err error) { d, at, err = sharer.SharedMargin(ctx, up.name); return err })
+			if err == nil && up.tuner.adopt(d, at) {
+				s.log.Info("window margin adopted", zap.String("upstream", up.name), zap.Duration("to", d), zap.String("reason", "learned by another proxy of the shared store"))
+			}
+		}
+	}
 }
 
 // marginFor is the margin of a window of length w when the learned margin

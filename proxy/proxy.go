@@ -131,6 +131,9 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	s.policy.Store(policy)
 	s.base, s.stopWaiting = context.WithCancelCause(context.Background())
+	if sharer, ok := store.(quota.MarginSharer); ok {
+		go s.syncMargins(s.base, sharer)
+	}
 	s.transport = s.newTransport(cfg, roots, dial)
 	s.buffers = newBuffers()
 	s.upgrader = &httputil.ReverseProxy{

@@ -35,8 +35,9 @@ var simEpoch = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 
 // sim is one simulated world. Create it with runSim.
 type sim struct {
-	t   *testing.T
-	net *memNet
+	t       *testing.T
+	net     *memNet
+	proxies int // proxies started, for their addresses
 }
 
 // runSim runs f in a bubble with a fresh in-memory network. Everything
@@ -98,7 +99,7 @@ type simProxy struct {
 	t      *testing.T
 }
 
-// proxy starts the proxy on proxy.test:8080 with yamlText and the memory
+// proxy starts a proxy (on proxyN.test:8080) with yamlText and the memory
 // store.
 func (s *sim) proxy(yamlText string) *simProxy {
 	return s.proxyWith(yamlText, quota.NewMemoryStore(nil))
@@ -123,7 +124,8 @@ func (s *sim) proxyDial(yamlText string, store quota.Store, dial func(context.Co
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &simProxy{srv: srv, addr: "proxy.test:8080", logs: logs, net: s.net, t: t}
+	s.proxies++
+	p := &simProxy{srv: srv, addr: fmt.Sprintf("proxy%d.test:8080", s.proxies), logs: logs, net: s.net, t: t}
 	go srv.Serve(s.net.Listen(p.addr))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

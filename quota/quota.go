@@ -356,3 +356,15 @@ type Inspector interface {
 	// for it). A key the store does not know is returned empty.
 	Inspect(ctx context.Context, key string, limits []Limit) (KeyState, error)
 }
+
+// MarginSharer is implemented by stores that several proxies share (the
+// Redis store): the window margin one proxy learns for an upstream from
+// the vendor's throttles reaches the others. Times are wall-clock; a margin
+// set later replaces one set earlier.
+type MarginSharer interface {
+	// SharedMargin returns the margin last shared for upstream and when it
+	// was set; zero values when none was.
+	SharedMargin(ctx context.Context, upstream string) (time.Duration, time.Time, error)
+	// ShareMargin records a margin learned for upstream at setAt.
+	ShareMargin(ctx context.Context, upstream string, margin time.Duration, setAt time.Time) error
+}
