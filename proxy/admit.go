@@ -150,6 +150,7 @@ func (s *Server) roundTrip(req *http.Request, x *exchange) (*http.Response, erro
 			return resp, nil
 		}
 		x.throttle = verdict.Rule
+		x.throttles++
 		holdKey := x.id.key
 		if bucket != "" && resp.Header.Get("X-RateLimit-Global") == "" {
 			holdKey = x.id.key + "#" + bucket

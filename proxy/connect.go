@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.uber.org/zap"
+	"github.com/ratelimit-proxy/ratelimit-proxy/decision"
 )
 
 // serveConnect answers a CONNECT: a host with a policy is intercepted (TLS
@@ -25,8 +25,8 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	target, valid := connectTarget(r.Host)
 	_, nested := r.Context().Value(interceptKey{}).(string)
 	policy := s.policy.Load()
-	action := "intercept"
-	reason := "" // why the CONNECT failed or was refused, for the log only
+	action := decision.Intercept
+	reason := "" // why the CONNECT failed or was refused, for the record only
 	var upstreamConn net.Conn
 	switch {
 	case nested:
@@ -40,7 +40,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 		action = decisionDenied
 		refuse(w, http.StatusForbidden, "HOST_NOT_ALLOWED", "no upstream policy for this host, and unknown_hosts is deny")
 	default:
-		action = "tunnel"
+		action = decision.Tunnel
 		ctx, cancel := context.WithTimeout(r.Context(), time.Duration(s.timeouts.Dial))
 		c, err := s.dial(ctx, "tcp", target)
 		cancel()
@@ -52,13 +52,13 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 		}
 		upstreamConn = c
 	}
-	fields := []zap.Field{zap.String("host", s.logged(target)), zap.String("decision", action),
-		zap.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000)}
-	if reason != "" {
-		fields = append(fields, zap.String("error", reason))
+	rec := decision.Record{Start: start, Duration: time.Since(start), Method: http.MethodConnect,
+		Host: s.logged(target), Decision: action, Error: reason}
+	if action == decision.Intercept {
+		rec.Upstream = policy.routes.route(target, "443").name
 	}
-	s.log.Info("connect", fields...)
-	if action != "intercept" && action != "tunnel" {
+	s.observers.Observe(rec)
+	if action != decision.Intercept && action != decision.Tunnel {
 		return
 	}
 
@@ -107,11 +107,13 @@ func (s *Server) tunnel(client, upstream net.Conn) {
 		return
 	}
 	s.tunnels.Add(1)
+	s.openTunnels.Add(1)
 	s.tunnelConns[client] = struct{}{}
 	s.tunnelConns[upstream] = struct{}{}
 	s.tunnelMu.Unlock()
 	go func() {
 		defer s.tunnels.Done()
+		defer s.openTunnels.Add(-1)
 		idle := time.Duration(s.timeouts.TunnelIdle)
 		var once sync.Once
 		closeBoth := func() { once.Do(func() { client.Close(); upstream.Close() }) }

@@ -15,41 +15,44 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/ratelimit-proxy/ratelimit-proxy/decision"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
 	"go.uber.org/zap"
 )
 
-// Decisions, as logged.
+// Decisions, as recorded (see package decision).
 const (
-	decisionPass       = "pass"        // admitted at once
-	decisionQueued     = "queued"      // admitted after a wait
-	decisionRejected   = "rejected"    // over quota: local 429
-	decisionQueueFull  = "queue_full"  // too many waiting: local 429
-	decisionClientGone = "client_gone" // the client left before the upstream answered
-	decisionUnlimited  = "unlimited"   // host without a policy, forwarded
-	decisionDenied     = "denied"      // host without a policy, refused
-	decisionError      = "error"       // the proxy could not get an answer
-	decisionShutdown   = "shutdown"    // still waiting at the shutdown deadline: 503
+	decisionPass       = decision.Pass
+	decisionQueued     = decision.Queued
+	decisionRejected   = decision.Rejected
+	decisionQueueFull  = decision.QueueFull
+	decisionClientGone = decision.ClientGone
+	decisionUnlimited  = decision.Unlimited
+	decisionDenied     = decision.Denied
+	decisionError      = decision.Error
+	decisionShutdown   = decision.Shutdown
 )
 
-// exchange is what the proxy learns about one request, for its log line.
+// exchange is what the proxy learns about one request, for its record.
 type exchange struct {
-	start    time.Time
-	up       *upstream
-	id       identity
-	res      quota.Reservation // the credential's last reservation
-	decision string
-	wait     time.Duration
-	attempts int
-	throttle string // the rule that recognised the last upstream throttle
-	status   int
-	err      string
+	start       time.Time
+	up          *upstream
+	id          identity
+	res         quota.Reservation // the credential's last reservation
+	decision    string
+	wait        time.Duration
+	attempts    int
+	throttles   int    // upstream answers recognised as throttles
+	throttle    string // the rule that recognised the last upstream throttle
+	status      int
+	err         string
+	storeFailed bool // the quota store failed to decide
 
 	w http.ResponseWriter // the client's, for 1xx answers; nil on the upgrade path
 
 	// Kept here to spare allocations: the first attempt and its gates, and
-	// the gates in use. (Not the log line's fields: every queued request
-	// would carry them while it waits.)
+	// the gates in use. (Not the record: every queued request would carry
+	// it while it waits.)
 	first    attempt
 	gates    [2]gate
 	gatePtrs [2]*gate
@@ -64,7 +67,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		x := &exchange{start: time.Now(), decision: decisionError, status: http.StatusRequestHeaderFieldsTooLarge,
 			err: fmt.Sprintf("request head of %d bytes in %d fields is beyond requests.max_header_bytes %d or max_header_fields %d",
 				size, fields, s.requests.MaxHeaderBytes, s.requests.MaxHeaderFields)}
-		defer s.logExchange(r, x)
+		defer s.record(r, x)
 		refuse(w, x.status, "HEADERS_TOO_LARGE", fmt.Sprintf("the request's header fields exceed the proxy's bounds (%d bytes, %d fields)",
 			s.requests.MaxHeaderBytes, s.requests.MaxHeaderFields))
 		return
@@ -74,7 +77,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	x := &exchange{start: time.Now()}
-	defer s.logExchange(r, x)
+	defer s.record(r, x)
 	if ce := s.log.Check(zap.DebugLevel, "request received"); ce != nil {
 		// Shows a request while it waits; the "request" line comes when
 		// it is answered.
@@ -140,6 +143,7 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, x *exchang
 	x.err = err.Error()
 	var se errStore
 	if errors.As(err, &se) {
+		x.storeFailed = true
 		s.log.Error("quota store failed", zap.String("key", x.id.fingerprint), zap.Error(se.err))
 		s.writeError(w, x, http.StatusServiceUnavailable, "QUOTA_STORE_UNAVAILABLE", "the quota store did not answer; retry shortly")
 		return
@@ -232,36 +236,30 @@ func writeJSON(w http.ResponseWriter, status int, body any) {
 	w.Write(data)
 }
 
-// logExchange writes the one line per request. It names the key by its
-// fingerprint only and the path without its query.
-func (s *Server) logExchange(r *http.Request, x *exchange) {
-	if ce := s.log.Check(zap.InfoLevel, "request"); ce != nil {
-		upstream, key, rule := "", "", ""
-		if x.up != nil {
-			upstream, key, rule = x.up.name, x.id.fingerprint, x.id.rule
-		}
-		fields := make([]zap.Field, 0, 13)
-		fields = append(fields,
-			zap.String("upstream", upstream),
-			zap.String("method", r.Method),
-			zap.String("host", s.logged(r.URL.Host)),
-			zap.String("path", s.logged(r.URL.Path)),
-			zap.String("key", key),
-			zap.String("identity", rule),
-			zap.String("decision", x.decision),
-			zap.Float64("queue_wait_ms", float64(x.wait.Microseconds())/1000),
-			zap.Int("status", x.status),
-			zap.Float64("latency_ms", float64(time.Since(x.start).Microseconds())/1000),
-		)
-		if x.attempts > 1 {
-			fields = append(fields, zap.Int("attempts", x.attempts))
-		}
-		if x.throttle != "" {
-			fields = append(fields, zap.String("upstream_throttle", x.throttle))
-		}
-		if x.err != "" {
-			fields = append(fields, zap.String("error", x.err))
-		}
-		ce.Write(fields...)
+// record builds the exchange's one Record and hands it to the observers
+// (the log line first). It names the key by its fingerprint only, the path
+// without its query, and cuts long paths and hosts (log.max_path_bytes).
+func (s *Server) record(r *http.Request, x *exchange) {
+	rec := decision.Record{
+		Start:        x.start,
+		Duration:     time.Since(x.start),
+		Method:       r.Method,
+		Host:         s.logged(r.URL.Host),
+		Path:         s.logged(r.URL.Path),
+		Decision:     x.decision,
+		QueueWait:    x.wait,
+		Status:       x.status,
+		Attempts:     x.attempts,
+		Throttles:    x.throttles,
+		ThrottleRule: x.throttle,
+		Error:        x.err,
+		StoreFailed:  x.storeFailed,
 	}
+	if x.up != nil {
+		rec.Upstream, rec.Key, rec.Identity, rec.StoreKey = x.up.name, x.id.fingerprint, x.id.rule, x.id.key
+		if x.id.limits != nil {
+			rec.Limits, rec.Enforced = x.id.limits.shown, x.id.limits.enforced()
+		}
+	}
+	s.observers.Observe(rec)
 }

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/config"
+	"github.com/ratelimit-proxy/ratelimit-proxy/decision"
 	"github.com/ratelimit-proxy/ratelimit-proxy/proxy"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
 	"go.uber.org/zap"
@@ -269,15 +270,16 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 // starts the proxy on a loopback port and stops it when the test ends.
 func startProxy(t *testing.T, yamlText string) *running { return startProxyB(t, yamlText) }
 
-// startProxyB is startProxy for tests and benchmarks.
-func startProxyB(t testing.TB, yamlText string) *running {
-	return startProxyStore(t, yamlText, quota.NewMemoryStore(nil))
+// startProxyB is startProxy for tests and benchmarks, with observers told
+// of every exchange.
+func startProxyB(t testing.TB, yamlText string, observers ...decision.Observer) *running {
+	return startProxyStore(t, yamlText, quota.NewMemoryStore(nil), observers...)
 }
 
-// startProxyStore is startProxy with the given quota store.
-func startProxyStore(t testing.TB, yamlText string, store quota.Store) *running {
+// startProxyStore is startProxy with the given quota store and observers.
+func startProxyStore(t testing.TB, yamlText string, store quota.Store, observers ...decision.Observer) *running {
 	t.Helper()
-	return startProxyOpts(t, yamlText, proxy.Options{Store: store})
+	return startProxyOpts(t, yamlText, proxy.Options{Store: store, Observers: observers})
 }
 
 // startProxyOpts is startProxy with options: the log is filled in, and

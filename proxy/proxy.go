@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/config"
+	"github.com/ratelimit-proxy/ratelimit-proxy/decision"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
 	"go.uber.org/zap"
 )
@@ -35,6 +36,7 @@ import (
 // Shutdown. It is safe for concurrent use.
 type Server struct {
 	log       *zap.Logger
+	observers decision.Observers // told of every exchange: the log line first
 	store     quota.Store
 	ca        *CA
 	policy    atomic.Pointer[Policy] // swapped whole by Reload
@@ -65,6 +67,10 @@ type Server struct {
 	tunnelMu    sync.Mutex
 	tunnelConns map[net.Conn]struct{}
 	closing     bool // no new tunnels
+
+	directConns      atomic.Int64 // client connections served by outer
+	interceptedConns atomic.Int64 // intercepted connections served by inner
+	openTunnels      atomic.Int64 // untouched tunnels
 }
 
 // Options are what a Server needs besides its configuration.
@@ -78,6 +84,9 @@ type Options struct {
 	// tunnels. Nil dials TCP with the configured dial timeout. Tests give
 	// an in-memory network here.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Observers are told of every exchange when it ends, after the log
+	// line, with the same record (metrics, the quota API).
+	Observers []decision.Observer
 }
 
 // New builds a Server from a configuration. It compiles the configuration
@@ -120,6 +129,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	s := &Server{
 		log:         log,
+		observers:   append(decision.Observers{decision.Logger(log)}, opts.Observers...),
 		store:       store,
 		ca:          ca,
 		fixed:       fixedOf(cfg),
@@ -167,6 +177,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		IdleTimeout:       time.Duration(cfg.Timeouts.ClientIdle),
 		ErrorLog:          errLog,
 		BaseContext:       base,
+		ConnState:         countConns(&s.directConns),
 	}
 	s.innerLn = newConnListener()
 	s.inner = &http.Server{
@@ -177,6 +188,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		ErrorLog:          errLog,
 		BaseContext:       base,
 		ConnContext:       interceptedContext,
+		ConnState:         countConns(&s.interceptedConns),
 	}
 	tlsConfig := &tls.Config{
 		MinVersion: tls.VersionTLS12,
@@ -286,6 +298,27 @@ func (s *Server) AdminHandler() http.Handler {
 // connection serves one route; a reload that changes connect_to closes
 // the idle ones.
 type connectToKey struct{}
+
+// OpenConns counts the client connections open now: direct ones (plain
+// HTTP, and CONNECTs not yet answered), intercepted ones (TLS the proxy
+// terminates) and untouched tunnels. A connection handed to a protocol
+// upgrade (WebSocket) is no longer counted.
+func (s *Server) OpenConns() (direct, intercepted, tunnels int) {
+	return int(s.directConns.Load()), int(s.interceptedConns.Load()), int(s.openTunnels.Load())
+}
+
+// countConns is a ConnState hook that keeps n at the number of connections
+// the server serves.
+func countConns(n *atomic.Int64) func(net.Conn, http.ConnState) {
+	return func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			n.Add(1)
+		case http.StateHijacked, http.StateClosed:
+			n.Add(-1)
+		}
+	}
+}
 
 // newTransport is the upstream transport. It dials the connect_to of the
 // request's upstream, if any, else the request's host.
