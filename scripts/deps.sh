@@ -2,7 +2,7 @@
 # The one install step of ratelimit-proxy: what `make test`, `make bench` and
 # CI need beyond Go, installed from Debian's packages when missing.
 #
-#   bash scripts/deps.sh GROUP...       # groups: test, bench, sdk (default: test bench)
+#   bash scripts/deps.sh GROUP...       # groups: test, browser, bench, sdk (default: test browser bench)
 #
 # Each group lists the commands it needs and the Debian package that brings
 # each one. Only what is missing is installed, with `apt-get install` (as root,
@@ -29,6 +29,10 @@ sdk_dir=${SDK_DIR:-$root/proxy/testdata/sdk}
 # python3:MODULE is that module of Debian's Python.
 need_test() {
   echo "curl curl"
+}
+# The status page test loads the admin page in headless Chromium.
+need_browser() {
+  echo "chromium chromium"
 }
 need_bench() {
   echo "wrk wrk"
@@ -86,13 +90,13 @@ after() {
 }
 
 groups=("$@")
-((${#groups[@]})) || groups=(test bench)
+((${#groups[@]})) || groups=(test browser bench)
 
 missing_cmds=()
 missing_pkgs=()
 for g in "${groups[@]}"; do
   if ! declare -F "need_$g" >/dev/null; then
-    say "unknown group \"$g\" (known: test, bench, sdk)"
+    say "unknown group \"$g\" (known: test, browser, bench, sdk)"
     exit 2
   fi
   while read -r cmd pkg; do
