@@ -276,20 +276,6 @@ func (s *Server) shutdownServers(ctx context.Context) error {
 	return errors.Join(s.outer.Shutdown(ctx), <-innerErr)
 }
 
-// AdminHandler serves GET /healthz and GET /ca.pem.
-func (s *Server) AdminHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /ca.pem", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/x-pem-file")
-		w.Write(s.ca.CertPEM())
-	})
-	return mux
-}
-
 // connectToKey carries the connect_to of a routed request's upstream to
 // the transport's dialer. The route decides, not the dialer (which sees
 // host:port but not the scheme): a request that routes to no upstream, a

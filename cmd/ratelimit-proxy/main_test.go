@@ -98,6 +98,17 @@ func TestQuickStart(t *testing.T) {
 		t.Fatalf("CA key file mode %v, want 0600", info.Mode().Perm())
 	}
 
+	// The admin address serves the metrics of what went through.
+	resp, err = http.Get("http://" + adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), `ratelimit_proxy_requests_total{decision="forwarded",upstream=""} 1`) {
+		t.Errorf("/metrics does not count the request:\n%s", metrics)
+	}
+
 	cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()

@@ -12,7 +12,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ratelimit-proxy/ratelimit-proxy/admin"
 	"github.com/ratelimit-proxy/ratelimit-proxy/config"
+	"github.com/ratelimit-proxy/ratelimit-proxy/decision"
 	"github.com/ratelimit-proxy/ratelimit-proxy/proxy"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
 	"go.uber.org/zap"
@@ -51,7 +53,9 @@ func serve(cfg *config.Config, cf *configFlags, stderr io.Writer) error {
 	defer logs.close()
 	log := logs.log
 
-	srv, err := proxy.New(cfg, proxy.Options{Log: log, Store: quota.NewMemoryStore(nil)})
+	store := quota.NewMemoryStore(nil)
+	recorder := admin.NewRecorder(0)
+	srv, err := proxy.New(cfg, proxy.Options{Log: log, Store: store, Observers: []decision.Observer{recorder}})
 	if err != nil {
 		return err
 	}
@@ -63,7 +67,7 @@ func serve(cfg *config.Config, cf *configFlags, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	var admin *http.Server
+	var adminSrv *http.Server
 	errs := make(chan error, 2)
 	if cfg.Admin != "" {
 		aln, err := net.Listen("tcp", cfg.Admin)
@@ -71,9 +75,24 @@ func serve(cfg *config.Config, cf *configFlags, stderr io.Writer) error {
 			ln.Close()
 			return fmt.Errorf("admin: %w", err)
 		}
-		admin = &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
-		go func() { errs <- admin.Serve(aln) }()
+		h, err := admin.Handler(admin.Options{
+			Recorder: recorder,
+			Store:    store,
+			CACert:   srv.CA().CertPEM(),
+			Conns:    srv.OpenConns,
+			Reloads:  func() uint64 { return srv.Reloads().Applied },
+		})
+		if err != nil {
+			ln.Close()
+			aln.Close()
+			return err
+		}
+		adminSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		go func() { errs <- adminSrv.Serve(aln) }()
 		log.Info("admin listening", zap.String("addr", aln.Addr().String()))
+		if !isLoopback(aln.Addr()) {
+			log.Warn("the admin address is not loopback: whoever reaches it sees the metrics and the fingerprints of the keys", zap.String("addr", aln.Addr().String()))
+		}
 	}
 	log.Info("proxy listening",
 		zap.String("addr", ln.Addr().String()),
@@ -117,9 +136,9 @@ loop:
 		}
 	}()
 	shutErr := srv.Shutdown(ctx)
-	if admin != nil {
+	if adminSrv != nil {
 		actx, acancel := context.WithTimeout(context.Background(), time.Second)
-		_ = admin.Shutdown(actx)
+		_ = adminSrv.Shutdown(actx)
 		acancel()
 	}
 	if errors.Is(shutErr, context.DeadlineExceeded) || errors.Is(shutErr, context.Canceled) {
@@ -171,4 +190,9 @@ func reload(srv *proxy.Server, logs *logSink, cf *configFlags, running *config.C
 		logs.log.Error("log settings not applied", zap.Error(err))
 	}
 	return next
+}
+
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }
