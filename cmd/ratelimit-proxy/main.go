@@ -5,6 +5,7 @@
 //	ratelimit-proxy ca path|export -config config.yaml
 //	ratelimit-proxy env -config config.yaml
 //	ratelimit-proxy health -config config.yaml | -admin ADDR
+//	ratelimit-proxy status -config config.yaml | -admin ADDR
 //	ratelimit-proxy version
 //	ratelimit-proxy fingerprint < credential.txt
 //
@@ -91,6 +92,14 @@ keytool line printed as a comment.`,
 answers 200, 1 otherwise. Needs no shell, so it serves as a container
 HEALTHCHECK.`,
 		run: runHealth,
+	},
+	{
+		name: "status", args: "[-config FILE | -admin ADDR] [-timeout D]",
+		summary: "print the quota state of every key the running proxy has seen",
+		about: `Asks the running proxy's admin address for /v1/quotas and prints each
+upstream and key (by fingerprint) with a bar of each limit's use, what is
+left, when the next request may leave, the cooldown and the queue.`,
+		run: runStatus,
 	},
 	{
 		name: "version", args: "", summary: "print the version",

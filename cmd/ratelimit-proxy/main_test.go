@@ -98,7 +98,8 @@ func TestQuickStart(t *testing.T) {
 		t.Fatalf("CA key file mode %v, want 0600", info.Mode().Perm())
 	}
 
-	// The admin address serves the metrics of what went through.
+	// The admin address serves the metrics and the quota state of what
+	// went through.
 	resp, err = http.Get("http://" + adminAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -107,6 +108,10 @@ func TestQuickStart(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(string(metrics), `ratelimit_proxy_requests_total{decision="forwarded",upstream=""} 1`) {
 		t.Errorf("/metrics does not count the request:\n%s", metrics)
+	}
+	var status bytes.Buffer
+	if err := run([]string{"status", "-admin", adminAddr}, strings.NewReader(""), &status, io.Discard); err != nil || status.String() != "no key seen yet\n" {
+		t.Errorf("status: %v %q", err, status.String())
 	}
 
 	cmd.Process.Signal(syscall.SIGTERM)
