@@ -173,7 +173,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	slices.Sort(got)
 	slices.Sort(want)
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("the page shows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		t.Fatalf("the page shows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 
 	if path := os.Getenv("STATUS_SCREENSHOT"); path != "" {

@@ -29,8 +29,9 @@ import (
 type Config struct {
 	// Listen is the proxy's address. Default 127.0.0.1:8080 (loopback).
 	Listen string `yaml:"listen"`
-	// Admin is the address of the admin endpoints (/healthz, /ca.pem).
-	// Empty: no admin listener.
+	// Admin is the address of the admin endpoints (the status page,
+	// /healthz, /readyz, /metrics, /v1/quotas, /ca.pem). Empty: no admin
+	// listener.
 	Admin string `yaml:"admin"`
 	// DataDir holds the generated CA. Default "data" beside the config file.
 	DataDir string `yaml:"data_dir"`
