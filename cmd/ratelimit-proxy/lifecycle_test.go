@@ -81,7 +81,7 @@ upstreams:
 `, listen, level, up.srv.Listener.Addr(), limit)
 	}
 	cfg := writeConfig(t, configText("127.0.0.1:0", "1/1h", "info"))
-	p := startMain(t, nil, "run", "-config", cfg)
+	p := startMain(t, nil, "run", "-config", cfg, "-admin", "127.0.0.1:0")
 	addr := p.addr(t, "proxy listening")
 	expectCodes(t, addr, "k", "at start, 1/1h", 200)
 
@@ -104,6 +104,16 @@ upstreams:
 	replaceFile(t, cfg, configText("127.0.0.1:0", "3/1h", "warn"))
 	p.waitLog(t, 3, `"msg":"config reloaded"`)
 	expectCodes(t, addr, "k", "after the file changed to 3/1h", 200, 429)
+
+	// The metrics count the reloads applied, not the refused ones.
+	resp, err := http.Get("http://" + p.addr(t, "admin listening") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if metrics := readAll(resp.Body); !strings.Contains(metrics, "\nratelimit_proxy_reloads_total 3\n") {
+		t.Errorf("/metrics after 3 reloads applied and 2 refused:\n%s", metrics)
+	}
+	resp.Body.Close()
 
 	p.signal(t, syscall.SIGTERM)
 	if code := p.wait(t); code != 0 {
