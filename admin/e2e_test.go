@@ -160,7 +160,8 @@ func TestScrapeAfterScriptedTraffic(t *testing.T) {
 		{"ratelimit_proxy_queue_wait_seconds", []string{"upstream=api"}, 4},
 		{"ratelimit_proxy_queue_wait_seconds", []string{"upstream=queue"}, 1},
 		{"ratelimit_proxy_keys", []string{"upstream=api"}, 2},
-		{"ratelimit_proxy_queue_depth", []string{"upstream=api"}, 2}, // the slots the store booked for the two refusals' retries
+		{"ratelimit_proxy_queue_depth", []string{"upstream=api"}, 0},
+		{"ratelimit_proxy_booked_retries", []string{"upstream=api"}, 2}, // the slots the store booked for the two refusals' retries
 		{"ratelimit_proxy_open_tunnels", nil, 0},
 	} {
 		got, ok := sample(fams, tc.name, tc.labels...)

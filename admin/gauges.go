@@ -10,7 +10,10 @@ import (
 // store, and the proxy's live counts.
 var (
 	queueDepthDesc = prometheus.NewDesc("ratelimit_proxy_queue_depth",
-		"Requests waiting for a slot, and slots booked for the retries of refused requests, summed over the keys of the upstream this proxy has seen (with a shared store, every replica's).",
+		"Requests waiting for a slot, summed over the keys of the upstream this proxy has seen (with a shared store, every replica's).",
+		[]string{"upstream"}, nil)
+	bookedDesc = prometheus.NewDesc("ratelimit_proxy_booked_retries",
+		"Slots kept for the retries of refused requests (their Retry-After), summed over the keys of the upstream this proxy has seen.",
 		[]string{"upstream"}, nil)
 	learnedRemainingDesc = prometheus.NewDesc("ratelimit_proxy_learned_remaining",
 		"The least quota the upstream reports left for any key of it this proxy has seen (less what was sent since and the learn threshold); absent while no report is in force.",
@@ -31,7 +34,7 @@ var (
 type gauges struct{ a *endpoints }
 
 func (g gauges) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{queueDepthDesc, learnedRemainingDesc, keysDesc, connsDesc, tunnelsDesc, reloadsDesc} {
+	for _, d := range []*prometheus.Desc{queueDepthDesc, bookedDesc, learnedRemainingDesc, keysDesc, connsDesc, tunnelsDesc, reloadsDesc} {
 		ch <- d
 	}
 	g.a.rec.storeErrors.Describe(ch)
@@ -53,7 +56,7 @@ func (g gauges) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(reloadsDesc, prometheus.CounterValue, float64(reloads))
 
 	type perUpstream struct {
-		keys, queued int
+		keys, queued, booked int
 		remaining    int // -1: no report in force
 	}
 	ups := map[string]*perUpstream{}
@@ -76,6 +79,7 @@ func (g gauges) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		u.queued += st.Queued
+		u.booked += st.Booked
 		if !st.BudgetUntil.IsZero() {
 			u.remaining = least(u.remaining, max(st.Budget, 0))
 		}
@@ -87,6 +91,7 @@ func (g gauges) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		ch <- prometheus.MustNewConstMetric(queueDepthDesc, prometheus.GaugeValue, float64(u.queued), name)
+		ch <- prometheus.MustNewConstMetric(bookedDesc, prometheus.GaugeValue, float64(u.booked), name)
 		if u.remaining >= 0 {
 			ch <- prometheus.MustNewConstMetric(learnedRemainingDesc, prometheus.GaugeValue, float64(u.remaining), name)
 		}

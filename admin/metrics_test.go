@@ -148,7 +148,7 @@ func TestMetricsReadQueueDepthAndLearnedRemainingFromTheStore(t *testing.T) {
 	a, b, c := seen("api", "aaaaaaaaaaaa"), seen("api", "bbbbbbbbbbbb"), seen("api", "cccccccccccc")
 	seen("other", "dddddddddddd")
 
-	// a: one request sent, two booked for later slots.
+	// a: one request sent, two queued for later slots.
 	for i := range 3 {
 		res, err := store.Reserve(ctx, quota.Request{Key: a, Limits: minute, MaxWait: time.Hour, MaxQueue: 10})
 		if err != nil || !res.OK {

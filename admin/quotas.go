@@ -43,10 +43,11 @@ type KeyQuota struct {
 	// NextFree is the earliest time one more request could leave (Now when
 	// it could leave now).
 	NextFree time.Time `json:"next_free"`
-	// Queued counts requests waiting for a slot and the slots booked for
+	// Queued counts requests waiting for a slot; Booked the slots kept for
 	// the retries of refused requests; InFlight those released and not yet
 	// written upstream.
 	Queued   int `json:"queued"`
+	Booked   int `json:"booked"`
 	InFlight int `json:"in_flight"`
 	// HoldUntil is when a hold set by the upstream (a throttle, or its
 	// reported quota running out) ends; CooldownSeconds is what is left of
@@ -179,7 +180,7 @@ func (a *endpoints) inspect(ctx context.Context, k seenKey) (KeyQuota, time.Time
 		return kq, time.Time{}
 	}
 	kq.NextFree = st.Now
-	kq.Queued, kq.InFlight, kq.Probing = st.Queued, st.InFlight, st.Probing
+	kq.Queued, kq.Booked, kq.InFlight, kq.Probing = st.Queued, st.Booked, st.InFlight, st.Probing
 	for i, ls := range st.Limits {
 		lq := LimitQuota{
 			Limit:         ls.Limit.String(),

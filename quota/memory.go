@@ -350,7 +350,7 @@ func (s *MemoryStore) Inspect(_ context.Context, key string, limits []Limit) (Ke
 	}
 	sh, now, t := s.lock(key)
 	defer sh.mu.Unlock()
-	st := KeyState{Now: now, Budget: -1}
+	st := KeyState{Now: now}
 	k := sh.keys[key]
 	if k == nil {
 		for _, l := range limits {
@@ -360,9 +360,12 @@ func (s *MemoryStore) Inspect(_ context.Context, key string, limits []Limit) (Ke
 	}
 	k.expire(t)
 	for _, e := range k.open {
-		if e.state == onItsWay {
+		switch e.state {
+		case onItsWay:
 			st.InFlight++
-		} else {
+		case booking:
+			st.Booked++
+		default:
 			st.Queued++
 		}
 	}

@@ -321,8 +321,10 @@ type KeyState struct {
 	// Limits are the limits in force for the key: the caller's, with the
 	// windows the upstream reported (Learned) on top or instead.
 	Limits []LimitState
-	// Queued counts requests booked for a future slot.
+	// Queued counts requests waiting for a future slot; Booked counts the
+	// slots kept for refused requests' retries (Request.Book).
 	Queued int
+	Booked int
 	// InFlight counts requests released but not yet settled.
 	InFlight int
 	// HoldUntil is when a hold (an upstream throttle) ends; zero if none.
@@ -330,7 +332,8 @@ type KeyState struct {
 	// Probing reports that the next request goes alone as a probe.
 	Probing bool
 	// Budget is how many more requests the upstream's report allows until
-	// BudgetUntil; -1 when no report is in force.
+	// BudgetUntil (negative when more were sent than it allowed). Both are
+	// zero when no report is in force: test BudgetUntil.
 	Budget      int
 	BudgetUntil time.Time
 	// Learned are the windows the upstream reported, in force until

@@ -1035,7 +1035,7 @@ func inspectDescribesAKey(t *testing.T, e *env) {
 		t.Skip("the store does not implement quota.Inspector")
 	}
 	ls := limits(t, "3/1s", "10/1m")
-	if st, err := in.Inspect(e.ctx, "k", ls); err != nil || len(st.Limits) != 2 || st.Limits[0].Used != 0 || !st.Limits[0].NextFree.Equal(e.clock.Now()) || st.Budget != -1 {
+	if st, err := in.Inspect(e.ctx, "k", ls); err != nil || len(st.Limits) != 2 || st.Limits[0].Used != 0 || !st.Limits[0].NextFree.Equal(e.clock.Now()) || !st.BudgetUntil.IsZero() {
 		t.Fatalf("unknown key: %+v %v", st, err)
 	}
 	for range 3 {
@@ -1045,13 +1045,17 @@ func inspectDescribesAKey(t *testing.T, e *env) {
 	if !queued.OK || queued.Delay() == 0 {
 		t.Fatalf("fourth request: %+v, want queued", queued)
 	}
+	refused := e.reserve(quota.Request{Key: "k", Limits: ls, MaxQueue: 10, Book: quota.Booking{Round: time.Second, Grace: time.Second}})
+	if !refused.Booked {
+		t.Fatalf("fifth request: %+v, want a booked refusal", refused)
+	}
 	e.s.Hold(e.ctx, "k", 2*time.Second)
 	st, err := in.Inspect(e.ctx, "k", ls)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Limits[0].Used != 3 || st.Limits[1].Used != 3 || st.Queued != 1 || st.InFlight != 0 {
-		t.Errorf("used %d/%d queued %d in flight %d, want 3/3, 1, 0", st.Limits[0].Used, st.Limits[1].Used, st.Queued, st.InFlight)
+	if st.Limits[0].Used != 3 || st.Limits[1].Used != 3 || st.Queued != 1 || st.Booked != 1 || st.InFlight != 0 {
+		t.Errorf("used %d/%d queued %d booked %d in flight %d, want 3/3, 1, 1, 0", st.Limits[0].Used, st.Limits[1].Used, st.Queued, st.Booked, st.InFlight)
 	}
 	if want := e.clock.Now().Add(2 * time.Second); !st.Limits[0].NextFree.Equal(e.clock.Now().Add(time.Second)) || !st.HoldUntil.Equal(want) || !st.Probing {
 		t.Errorf("next free %v hold until %v probing %v", st.Limits[0].NextFree.Sub(e.clock.Now()), st.HoldUntil.Sub(e.clock.Now()), st.Probing)
