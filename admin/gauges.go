@@ -57,7 +57,7 @@ func (g gauges) Collect(ch chan<- prometheus.Metric) {
 
 	type perUpstream struct {
 		keys, queued, booked int
-		remaining    int // -1: no report in force
+		remaining            int // -1: no report in force
 	}
 	ups := map[string]*perUpstream{}
 	seen := a.rec.seen()
