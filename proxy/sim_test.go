@@ -59,19 +59,39 @@ func (s *sim) serve(addr string, h http.Handler) {
 }
 
 // start serves srv on ln until the test ends, then closes it and waits
-// for its handlers to return: the bubble may not end while one sleeps.
+// for its handlers to return: the bubble may not end while one sleeps. (A
+// WaitGroup would not do: a handler may start while the cleanup waits.)
 func (s *sim) start(srv *http.Server, ln net.Listener) {
-	var handlers sync.WaitGroup
+	var mu sync.Mutex
+	done := sync.NewCond(&mu)
+	running, closed := 0, false
 	h := srv.Handler
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		handlers.Add(1)
-		defer handlers.Done()
+		mu.Lock()
+		if closed {
+			mu.Unlock()
+			http.Error(w, "closed", http.StatusServiceUnavailable)
+			return
+		}
+		running++
+		mu.Unlock()
+		defer func() {
+			mu.Lock()
+			running--
+			done.Broadcast()
+			mu.Unlock()
+		}()
 		h.ServeHTTP(w, r)
 	})
 	go srv.Serve(ln)
 	s.t.Cleanup(func() {
 		srv.Close()
-		handlers.Wait()
+		mu.Lock()
+		closed = true
+		for running > 0 {
+			done.Wait()
+		}
+		mu.Unlock()
 	})
 }
 
