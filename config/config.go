@@ -46,6 +46,20 @@ type Config struct {
 	// (tunnel CONNECT untouched, forward plain HTTP without limits; the
 	// default) or "deny" (answer 403).
 	UnknownHosts string `yaml:"unknown_hosts"`
+	// Clients are the networks allowed to use the proxy and its admin
+	// endpoints; any other client is answered 403. Empty: any client that
+	// can connect. A listen or admin address beyond loopback needs Clients
+	// or ClientTokens.
+	Clients []Prefix `yaml:"clients"`
+	// ClientTokens are the SHA-256 of the tokens clients present in
+	// Proxy-Authorization (Bearer TOKEN, or Basic with TOKEN as the
+	// password) and, on the admin endpoints, in Authorization. Set, every
+	// client must present one of them (407 otherwise), as well as come from
+	// Clients when those are set.
+	ClientTokens []TokenHash `yaml:"client_tokens"`
+	// Egress says which destinations besides public addresses the proxy
+	// may reach for hosts no upstream claims.
+	Egress Egress `yaml:"egress"`
 	// Log sets the log level and format.
 	Log Log `yaml:"log"`
 	// Timeouts of client and upstream connections.
@@ -440,11 +454,7 @@ func (c *Config) fillDefaults() {
 			u.Learn.Threshold = &v
 		}
 		for j := range u.Hosts {
-			h := strings.ToLower(u.Hosts[j])
-			if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
-				h = h[1 : len(h)-1] // "[::1]" is the host ::1, as requests name it
-			}
-			u.Hosts[j] = h
+			u.Hosts[j] = CanonicalHost(u.Hosts[j])
 		}
 		for j := range u.Overrides {
 			u.Overrides[j].Fingerprint = strings.ToLower(u.Overrides[j].Fingerprint)
@@ -574,6 +584,9 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 	if b.err != nil {
 		return b.err
 	}
+	if err := c.checkAccess(fail); err != nil {
+		return err
+	}
 	if (c.CACert == "") != (c.CAKey == "") {
 		return fail("ca_cert", "ca_cert and ca_key go together: set both or neither")
 	}
@@ -596,7 +609,7 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 			if err := checkHost(h); err != nil {
 				return fail(hp, "%v", err)
 			}
-			key := strings.ToLower(h)
+			key := CanonicalHost(h)
 			if prev, dup := hosts[key]; dup {
 				return fail(hp, "host %q is already claimed by %s", h, prev)
 			}
@@ -797,6 +810,20 @@ func checkAddr(addr string, emptyOK bool) error {
 		return fmt.Errorf("%q: port must be a number from 0 to 65535", addr)
 	}
 	return nil
+}
+
+// CanonicalHost is how a host of an upstream's hosts is matched: in lower
+// case, without a final dot ("API.Example.COM." is api.example.com), and
+// "[::1]" as the host ::1. A port stays as written.
+func CanonicalHost(h string) string {
+	h = strings.ToLower(h)
+	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+		return h[1 : len(h)-1] // "[::1]" is the host ::1, as requests name it
+	}
+	if host, port, err := net.SplitHostPort(h); err == nil && strings.HasSuffix(host, ".") {
+		return net.JoinHostPort(strings.TrimSuffix(host, "."), port)
+	}
+	return strings.TrimSuffix(h, ".")
 }
 
 func checkHost(h string) error {

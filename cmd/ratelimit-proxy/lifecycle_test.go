@@ -225,7 +225,10 @@ func TestEnvRoutesCurlThroughTheProxy(t *testing.T) {
 	}
 	tunnelled := tlsServer(ln, "tunnelled ok")
 
-	cfg := writeConfig(t, fmt.Sprintf(`upstreams:
+	// The tunnelled host is on loopback, which the egress guard refuses
+	// unless egress.allow names it.
+	cfg := writeConfig(t, fmt.Sprintf(`egress: {allow: [{cidrs: [127.0.0.0/8]}]}
+upstreams:
   - name: api
     hosts: [api.test]
     connect_to: %s
@@ -271,7 +274,7 @@ func TestEnvRoutesCurlThroughTheProxy(t *testing.T) {
 	p.waitLog(t, 1, `"msg":"request"`, `"host":"api.test:443"`, `"status":200`)
 
 	// Without -proxy, the address is listen's, loopback for a wildcard.
-	cfg2 := writeConfig(t, "listen: 0.0.0.0:8123\nupstreams: []\n")
+	cfg2 := writeConfig(t, "listen: 0.0.0.0:8123\nclients: [10.0.0.0/8]\nupstreams: []\n")
 	if _, out, _ := runMain(t, systemRoots, "env", "-config", cfg2); !strings.Contains(out, "export https_proxy=http://127.0.0.1:8123\n") {
 		t.Errorf("env of listen 0.0.0.0:8123:\n%s", out)
 	}
