@@ -29,6 +29,7 @@ type stack struct {
 	proxyURL *url.URL
 	admin    string // base URL of the admin endpoints
 	upstream *httptest.Server
+	other    *httptest.Server // a host no upstream claims
 	retried  atomic.Bool
 }
 
@@ -48,7 +49,11 @@ func startStack(t *testing.T, yamlText string) *stack {
 		}
 	}))
 	t.Cleanup(st.upstream.Close)
-	text := fmt.Sprintf("data_dir: %s\n%s", t.TempDir(), strings.ReplaceAll(yamlText, "UPSTREAM", st.upstream.Listener.Addr().String()))
+	st.other = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	t.Cleanup(st.other.Close)
+	// The host no upstream claims is on loopback, which the egress guard
+	// refuses unless egress.allow names it.
+	text := fmt.Sprintf("data_dir: %s\negress: {allow: [{cidrs: [127.0.0.0/8]}]}\n%s", t.TempDir(), strings.ReplaceAll(yamlText, "UPSTREAM", st.upstream.Listener.Addr().String()))
 	cfg, err := config.Parse("test.yaml", []byte(text))
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +144,7 @@ func TestScrapeAfterScriptedTraffic(t *testing.T) {
 	if got := st.send(t, "GET", "http://queue.test/retry", "k3"); got != 200 {
 		t.Fatalf("retried GET: %d", got)
 	}
-	if got := st.send(t, "GET", st.upstream.URL+"/ok", ""); got != 200 { // no policy for 127.0.0.1
+	if got := st.send(t, "GET", st.other.URL+"/ok", ""); got != 200 { // no policy for 127.0.0.1
 		t.Fatalf("GET of a host without a policy: %d", got)
 	}
 

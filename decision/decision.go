@@ -31,7 +31,10 @@ const (
 	ClientGone = "client_gone"
 	// Unlimited: a host without a policy, forwarded as it is.
 	Unlimited = "unlimited"
-	// Denied: a host without a policy, refused (unknown_hosts: deny).
+	// Denied: refused by policy: a host without one (unknown_hosts: deny),
+	// a destination the egress guard refuses, a client that clients or
+	// client_tokens refuse, an upstream's address asked for directly.
+	// Error says which.
 	Denied = "denied"
 	// Error: the proxy could not get an answer (the upstream, or the quota
 	// store, failed), or the request was not one it can serve.

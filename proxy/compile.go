@@ -25,6 +25,8 @@ type Policy struct {
 	unknownHosts unknownHosts
 	connectTo    map[string]string // host or host:port -> its connect_to (a reload that changes it closes idle connections)
 	upstreams    []*upstream       // in configuration order
+	egress       *egressPolicy     // where hosts no upstream claims may go besides public addresses
+	clients      clientAccess      // who may use the proxy
 }
 
 // unknownHosts says what the proxy does with a host no upstream claims.
@@ -49,6 +51,11 @@ func compilePolicy(cfg *config.Config, prev *Policy) (*Policy, error) {
 		return nil, errors.New("no configuration")
 	}
 	p := &Policy{routes: router{hosts: map[string]*upstream{}}, connectTo: map[string]string{}}
+	if err := cfg.CheckAccess(); err != nil {
+		return nil, err
+	}
+	p.egress = compileEgress(cfg.Egress)
+	p.clients = compileClients(cfg)
 	switch cfg.UnknownHosts {
 	case "allow":
 		p.unknownHosts = allowUnknown

@@ -42,11 +42,14 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	default:
 		action = decision.Tunnel
 		ctx, cancel := context.WithTimeout(r.Context(), time.Duration(s.timeouts.Dial))
-		c, err := s.dial(ctx, "tcp", target)
+		c, err := s.dial(withEgressScope(ctx, target, policy.egress), "tcp", target)
 		cancel()
 		if err != nil {
 			action, reason = decisionError, err.Error() // the raw error for the log only
 			f := classifyFailure(err)
+			if f.code == codeEgressDenied {
+				action = decisionDenied
+			}
 			refuse(w, f.status, f.code, f.message)
 			break
 		}

@@ -327,7 +327,7 @@ func TestClientConnectionCloseKeepsTheUpstreamConnection(t *testing.T) {
 func TestUnknownHostIsTunnelledUntouched(t *testing.T) {
 	rec := newRecorder(t, true)
 	other := newRecorder(t, true) // no policy names it
-	p := startProxy(t, upstreamYAML(rec, "limits: [1/1h]\n"))
+	p := startProxy(t, allowLoopback+upstreamYAML(rec, "limits: [1/1h]\n"))
 	// The client trusts only the upstream's own CA: success proves the
 	// proxy did not terminate TLS.
 	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(p.url), TLSClientConfig: &tls.Config{RootCAs: getPKI(t).pool}}}

@@ -23,8 +23,11 @@ const (
 	codeTLS = "UPSTREAM_TLS"
 	// UPSTREAM_TIMEOUT: the upstream did not answer in time.
 	codeTimeout = "UPSTREAM_TIMEOUT"
-	// EGRESS_DENIED is reserved for the egress guard: the destination is
-	// one the proxy refuses to reach.
+	// EGRESS_DENIED: the egress guard refused the destination, a host no
+	// upstream claims that resolved to a loopback, private, link-local,
+	// unique-local, unspecified, multicast, broadcast or reserved address,
+	// or to one of the proxy's own listeners, not in egress.allow. The
+	// message names the class, never the address.
 	codeEgressDenied = "EGRESS_DENIED"
 )
 
@@ -45,6 +48,11 @@ var (
 // upstream. Timeouts come first: a TLS handshake that times out is a
 // timeout.
 func classifyFailure(err error) failure {
+	var ee *egressError
+	if errors.As(err, &ee) {
+		return failure{http.StatusForbidden, codeEgressDenied,
+			"the destination is " + classPhrase(ee.class) + ", which the proxy does not connect to for hosts without an upstream policy (its egress.allow can allow it)"}
+	}
 	var ne net.Error
 	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
 		return failTimeout

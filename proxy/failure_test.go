@@ -61,7 +61,7 @@ func TestErrorBodiesNameTheFailureClassNotTheRawError(t *testing.T) {
 			[]string{"connection refused", deadPort}},
 		{"refused, intercepted", upstreams(dead), nil, "https://api.test/x", 502, "UPSTREAM_UNREACHABLE",
 			[]string{"connection refused", deadPort}},
-		{"refused, tunnel", upstreams(dead), nil, "CONNECT " + dead, 502, "UPSTREAM_UNREACHABLE",
+		{"refused, tunnel", allowLoopback + upstreams("api.internal:443"), nil, "CONNECT " + dead, 502, "UPSTREAM_UNREACHABLE",
 			[]string{"connection refused", deadPort}},
 		{"unknown name, plain", upstreams("api.internal:443"), lookupFails, "http://api.test/x", 502, "UPSTREAM_UNREACHABLE",
 			[]string{"lookup", "10.9.8.7"}},

@@ -43,7 +43,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 	x.first.trace.GotConn = x.first.gotConn
 	x.first.trace.WroteRequest = x.first.wroteRequest
 	ctx := httptrace.WithClientTrace(r.Context(), &x.first.trace)
-	if x.up != nil && x.up.connectTo != "" {
+	if x.up != nil {
+		// A configured upstream: dialled at its connect_to (if any), allowed
+		// by the egress guard.
 		ctx = context.WithValue(ctx, connectToKey{}, x.up.connectTo)
 	}
 	if isUpgrade(r.Header) {

@@ -33,7 +33,7 @@ func TestRefusedConnectClosesTheConnection(t *testing.T) {
 		code               string
 	}{
 		{"unknown host denied", "unknown_hosts: deny\n", "other.test:443", 403, "HOST_NOT_ALLOWED"},
-		{"tunnel target unreachable", "", dead, 502, "UPSTREAM_UNREACHABLE"},
+		{"tunnel target unreachable", allowLoopback, dead, 502, "UPSTREAM_UNREACHABLE"},
 		{"not a host:port", "", "api.test:99999", 400, "BAD_CONNECT_TARGET"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,11 +2,13 @@ package proxy
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
@@ -191,6 +193,46 @@ func compileForFuzz(tb testing.TB) *upstream {
 		tb.Fatal(err)
 	}
 	return u
+}
+
+// FuzzClientAccess: the client access check grants a request only when
+// it carries a configured token, read from Bearer or from Basic's
+// password (or its user name when the password is empty), and only from
+// a configured network.
+func FuzzClientAccess(f *testing.F) {
+	f.Add("Bearer t0ken", "10.1.2.3:5")
+	f.Add("Basic YXBwOnQwa2Vu", "10.1.2.3:5") // app:t0ken
+	f.Add("Basic dDBrZW46", "[::1]:80")       // t0ken:
+	f.Add("basic  YXBwOnQwa2Vu ", "10.1.2.3:5")
+	f.Add("Bearer t0ken\nBearer wrong", "10.0.0.1:1")
+	f.Add("Digest t0ken", "192.168.1.1:1")
+	f.Add("Basic !!", "no port")
+	sum := sha256.Sum256([]byte("t0ken"))
+	a := &clientAccess{networks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, tokens: [][sha256.Size]byte{sum}}
+	f.Fuzz(func(t *testing.T, header, remote string) {
+		values := strings.Split(header, "\n")
+		got := a.check(remote, values)
+		ap, err := netip.ParseAddrPort(remote)
+		inNet := err == nil && a.networks[0].Contains(ap.Addr().Unmap())
+		if !inNet {
+			if got != accessNetwork {
+				t.Fatalf("client %q outside the networks: %v", remote, got)
+			}
+			return
+		}
+		holds := false
+		for _, v := range values {
+			if tok, ok := clientToken(v); ok {
+				if tok == "" {
+					t.Errorf("clientToken(%q) read an empty token", v)
+				}
+				holds = holds || tok == "t0ken"
+			}
+		}
+		if (got == accessGranted) != holds {
+			t.Errorf("check(%q, %q) = %v, but the header holds the token: %v", remote, values, got, holds)
+		}
+	})
 }
 
 func FuzzHopHeaders(f *testing.F) {

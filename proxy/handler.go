@@ -72,6 +72,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.requests.MaxHeaderBytes, s.requests.MaxHeaderFields))
 		return
 	}
+	if !s.admitClient(w, r) {
+		return
+	}
 	if r.Method == http.MethodConnect {
 		s.serveConnect(w, r)
 		return
@@ -149,6 +152,9 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, x *exchang
 		return
 	}
 	f := classifyFailure(err)
+	if f.code == codeEgressDenied {
+		x.decision = decisionDenied
+	}
 	s.writeError(w, x, f.status, f.code, f.message)
 }
 

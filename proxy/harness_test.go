@@ -349,6 +349,11 @@ func (l *countingListener) Accept() (net.Conn, error) {
 	return c, err
 }
 
+// allowLoopback lets hosts no upstream claims reach loopback addresses:
+// the egress guard refuses them by default, and the tests' unknown hosts
+// listen there.
+const allowLoopback = "egress: {allow: [{cidrs: [127.0.0.0/8]}]}\n"
+
 // upstreamYAML is one upstream named api claiming api.test, routed to rec.
 func upstreamYAML(rec *recorder, extra string) string {
 	return fmt.Sprintf(`upstreams:

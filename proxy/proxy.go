@@ -45,6 +45,7 @@ type Server struct {
 	requests  config.Requests // header bounds of client requests
 	maxLogged int             // bytes of a path or host kept in a log line
 	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
+	egress    *egressGuard // judges the dials of the default dialer
 
 	reloadMu       sync.Mutex // one reload at a time
 	reloadsApplied atomic.Uint64
@@ -81,8 +82,10 @@ type Options struct {
 	// Store books every request's slot. Required.
 	Store quota.Store
 	// Dial opens connections to upstreams and to the targets of untouched
-	// tunnels. Nil dials TCP with the configured dial timeout. Tests give
-	// an in-memory network here.
+	// tunnels. Nil dials TCP with the configured dial timeout, through the
+	// egress guard. A Dial given here replaces that dialer, and with it the
+	// guard, which checks each address in the dialer's Control hook: tests
+	// give an in-memory network here.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Observers are told of every exchange when it ends, after the log
 	// line, with the same record (metrics, the quota API).
@@ -114,9 +117,14 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
+	guard := &egressGuard{}
+	guard.addListener(cfg.Listen)
+	if cfg.Admin != "" {
+		guard.addListener(cfg.Admin)
+	}
 	dial := opts.Dial
 	if dial == nil {
-		d := &net.Dialer{Timeout: time.Duration(cfg.Timeouts.Dial), KeepAlive: 30 * time.Second}
+		d := &net.Dialer{Timeout: time.Duration(cfg.Timeouts.Dial), KeepAlive: 30 * time.Second, ControlContext: guard.control}
 		dial = d.DialContext
 	}
 	ca, err := LoadOrCreateCA(cfg.CACert, cfg.CAKey)
@@ -137,9 +145,11 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		requests:    cfg.Requests,
 		maxLogged:   cfg.Log.MaxPathBytes,
 		dial:        dial,
+		egress:      guard,
 		tunnelConns: map[net.Conn]struct{}{},
 	}
 	s.policy.Store(policy)
+	guard.current = func() *egressPolicy { return s.policy.Load().egress }
 	s.base, s.stopWaiting = context.WithCancelCause(context.Background())
 	if sharer, ok := store.(quota.MarginSharer); ok {
 		go s.syncMargins(s.base, sharer)
@@ -213,8 +223,13 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 func (s *Server) CA() *CA { return s.ca }
 
 // Serve accepts proxy connections on ln until Shutdown. It returns
-// http.ErrServerClosed after Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.outer.Serve(ln) }
+// http.ErrServerClosed after Shutdown. The egress guard refuses
+// connections to ln's address, as to the configured listen and admin
+// addresses.
+func (s *Server) Serve(ln net.Listener) error {
+	s.egress.addListener(ln.Addr().String())
+	return s.outer.Serve(ln)
+}
 
 // errShuttingDown is the cause with which Shutdown, at its deadline,
 // cancels the requests still in the proxy: they are answered 503 with
@@ -277,12 +292,13 @@ func (s *Server) shutdownServers(ctx context.Context) error {
 }
 
 // connectToKey carries the connect_to of a routed request's upstream to
-// the transport's dialer. The route decides, not the dialer (which sees
-// host:port but not the scheme): a request that routes to no upstream, a
-// listed host on another port, is never redirected. Connections are
-// pooled by scheme and host:port, which decide the route, so a pooled
-// connection serves one route; a reload that changes connect_to closes
-// the idle ones.
+// the transport's dialer ("" for none): the request is for a configured
+// upstream, which the egress guard allows. The route decides, not the
+// dialer (which sees host:port but not the scheme): a request that routes
+// to no upstream, a listed host on another port, is never redirected and
+// goes through the guard. Connections are pooled by scheme and host:port,
+// which decide the route, so a pooled connection serves one route; a
+// reload that changes connect_to or the hosts closes the idle ones.
 type connectToKey struct{}
 
 // OpenConns counts the client connections open now: direct ones (plain
@@ -307,13 +323,19 @@ func countConns(n *atomic.Int64) func(net.Conn, http.ConnState) {
 }
 
 // newTransport is the upstream transport. It dials the connect_to of the
-// request's upstream, if any, else the request's host.
+// request's upstream, if any, else the request's host; a host no upstream
+// claims through the egress guard.
 func (s *Server) newTransport(cfg *config.Config, roots *x509.CertPool, dial func(context.Context, string, string) (net.Conn, error)) *http.Transport {
 	return &http.Transport{
 		Proxy: nil, // never read HTTP_PROXY: the proxy must not dial itself
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			if to, ok := ctx.Value(connectToKey{}).(string); ok {
-				addr = to
+				if to != "" {
+					addr = to
+				}
+				ctx = context.WithValue(ctx, egressKey{}, explicitScope)
+			} else {
+				ctx = withEgressScope(ctx, addr, s.policy.Load().egress)
 			}
 			c, err := dial(ctx, network, addr)
 			if err != nil {

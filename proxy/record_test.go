@@ -152,7 +152,7 @@ func fingerprint(cred string) string {
 func TestOpenConnsCountsConnectionsAndTunnels(t *testing.T) {
 	rec := newRecorder(t, true)
 	plain := newRecorder(t, false)
-	p := startProxy(t, upstreamYAML(rec, "limits: [100/1s]\n")+fmt.Sprintf(`  - name: plain
+	p := startProxy(t, allowLoopback+upstreamYAML(rec, "limits: [100/1s]\n")+fmt.Sprintf(`  - name: plain
     hosts: [plain.test]
     connect_to: %s
 `, plain.addr()))

@@ -134,8 +134,10 @@ func (s *Server) Reload(load func() (*config.Config, error)) error {
 		return err
 	}
 	s.policy.Store(next)
-	if !maps.Equal(old.connectTo, next.connectTo) {
-		// Idle connections were dialled to the old addresses.
+	anyUpstream := func(*upstream, *upstream) bool { return true }
+	if !maps.Equal(old.connectTo, next.connectTo) || !maps.EqualFunc(old.routes.hosts, next.routes.hosts, anyUpstream) {
+		// Idle connections were dialled to the old addresses, or, for a
+		// host no upstream claims any more, without the egress guard.
 		s.transport.CloseIdleConnections()
 	}
 	s.reloadsApplied.Add(1)

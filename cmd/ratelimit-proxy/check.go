@@ -42,6 +42,10 @@ func printPolicy(w io.Writer, cfg *config.Config) {
 		admin = "off"
 	}
 	fmt.Fprintf(w, "\nlisten %s, admin %s, unknown hosts: %s, CA %s\n", cfg.Listen, admin, cfg.UnknownHosts, cfg.CACert)
+	fmt.Fprintf(w, "clients: %s\n", clients(cfg))
+	if cfg.UnknownHosts == "allow" {
+		fmt.Fprintf(w, "egress for unknown hosts: %s\n", egress(cfg.Egress))
+	}
 	for i := range cfg.Upstreams {
 		u := &cfg.Upstreams[i]
 		fmt.Fprintf(w, "\nupstream %s", u.Name)
@@ -117,6 +121,47 @@ func printPolicy(w io.Writer, cfg *config.Config) {
 		line("learn", learn)
 		tw.Flush()
 	}
+}
+
+// clients says who may use the proxy.
+func clients(cfg *config.Config) string {
+	var who []string
+	if len(cfg.Clients) > 0 {
+		nets := make([]string, len(cfg.Clients))
+		for i, p := range cfg.Clients {
+			nets[i] = p.String()
+		}
+		who = append(who, "from "+strings.Join(nets, ", "))
+	}
+	if n := len(cfg.ClientTokens); n > 0 {
+		who = append(who, fmt.Sprintf("with one of %d client tokens", n))
+	}
+	if len(who) == 0 {
+		return "any client that can connect"
+	}
+	return strings.Join(who, ", ")
+}
+
+// egress says where hosts no upstream claims may be reached.
+func egress(e config.Egress) string {
+	parts := []string{"public addresses"}
+	for _, r := range e.Allow {
+		var what []string
+		for _, c := range r.CIDRs {
+			what = append(what, c.String())
+		}
+		what = append(what, r.Hosts...)
+		rule := strings.Join(what, ", ")
+		switch len(r.Ports) {
+		case 0:
+		case 1:
+			rule += " on port " + ints(r.Ports)
+		default:
+			rule += " on ports " + ints(r.Ports)
+		}
+		parts = append(parts, rule)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // limits shows a list of limits and the margin each window is widened by.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -72,6 +73,12 @@ func TestErrorsAreOneLineAndExitOne(t *testing.T) {
 		{[]string{"health", "-admin", "nowhere"}, `health: -admin: "nowhere": want host:port`},
 		{[]string{"env", "-config", example, "-proxy", "socks5://x"}, "env: -proxy"},
 		{[]string{"version", "now"}, `version: unexpected argument "now"`},
+		// A proxy reachable from other machines needs clients or
+		// client_tokens (issue 12), whether the file or a flag says where
+		// it listens.
+		{[]string{"check", "-config", noAdmin, "-listen", "0.0.0.0:8080"}, "listen 0.0.0.0:8080 is reachable beyond this machine, and nothing says who may use it: add clients: ["},
+		{[]string{"run", "-config", noAdmin, "-listen", "0.0.0.0:0"}, "add clients: ["},
+		{[]string{"run", "-config", noAdmin, "-listen", "127.0.0.1:0", "-admin", "0.0.0.0:0"}, "admin 0.0.0.0:0 is reachable beyond this machine"},
 	} {
 		code, stdout, stderr := runMain(t, nil, tc.args...)
 		if code != 1 || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.HasPrefix(stderr, "ratelimit-proxy: ") || !strings.Contains(stderr, tc.want) {
@@ -80,10 +87,36 @@ func TestErrorsAreOneLineAndExitOne(t *testing.T) {
 	}
 }
 
+// TestContainerCommandIsAccepted: the image runs config.example.yaml with
+// -listen 0.0.0.0:8080 -admin 0.0.0.0:8081 (Dockerfile); its clients list
+// admits that, and its HEALTHCHECK (health -admin 127.0.0.1:8081) passes.
+func TestContainerCommandIsAccepted(t *testing.T) {
+	code, stdout, stderr := runMain(t, nil, "check", "-config", example, "-listen", "0.0.0.0:8080", "-admin", "0.0.0.0:8081")
+	if code != 0 || !strings.Contains(stdout, "listen 0.0.0.0:8080, admin 0.0.0.0:8081") ||
+		!strings.Contains(stdout, "\nclients: from 127.0.0.0/8, ::1/128, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7\negress for unknown hosts: public addresses\n") {
+		t.Errorf("check as the container runs: exit %d, %s%s", code, stdout, stderr)
+	}
+	p := startMain(t, nil, "-config", example, "-data-dir", t.TempDir(), "-listen", "0.0.0.0:0", "-admin", "0.0.0.0:0")
+	_, port, _ := net.SplitHostPort(p.addr(t, "admin listening"))
+	if code, _, stderr := runMain(t, nil, "health", "-admin", "127.0.0.1:"+port); code != 0 {
+		t.Errorf("the container's health check: exit %d %s", code, stderr)
+	}
+	resp, err := http.Get("http://127.0.0.1:" + port + "/ca.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("/ca.pem from loopback: %d", resp.StatusCode)
+	}
+}
+
 // TestCheckPrintsTheEffectivePolicy: check prints what every upstream
 // enforces, profiles expanded, fields set in the file over the profile's.
 func TestCheckPrintsTheEffectivePolicy(t *testing.T) {
-	cfg := writeConfig(t, `upstreams:
+	cfg := writeConfig(t, `client_tokens: [9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08]
+egress: {allow: [{cidrs: [10.20.0.0/16], ports: [443, 8443]}, {hosts: [db.internal, "*.corp.example"]}]}
+upstreams:
   - profile: closient
   - profile: clari
     limits: [60/1m]
@@ -101,6 +134,7 @@ func TestCheckPrintsTheEffectivePolicy(t *testing.T) {
 	}
 	for _, want := range []string{
 		"config.yaml: ok (3 upstreams)",
+		"\nclients: with one of 1 client tokens\negress for unknown hosts: public addresses; 10.20.0.0/16 on ports 443, 8443; db.internal, *.corp.example\n",
 		"upstream closient (profile closient)\n  hosts      www.closient.com\n  identity   1. header X-API-Key\n  limits     300/1m, 10000/1d (windows widened by 600ms, 1s)\n",
 		`  overrides  prefix "cpk_": 100/1m, 10000/1d`,
 		"  mode       queue: hold up to 30s, at most 1000 requests per key\n",

@@ -98,7 +98,9 @@ HEALTHCHECK.`,
 		summary: "print the quota state of every key the running proxy has seen",
 		about: `Asks the running proxy's admin address for /v1/quotas and prints each
 upstream and key (by fingerprint) with a bar of each limit's use, what is
-left, when the next request may leave, the cooldown and the queue.`,
+left, when the next request may leave, the cooldown and the queue. When
+the configuration sets client_tokens, put a token in the environment
+variable RATELIMIT_PROXY_TOKEN: it is sent as Authorization: Bearer.`,
 		run: runStatus,
 	},
 	{

@@ -37,6 +37,10 @@ func TestQuickStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfgPath := filepath.Join(dir, "config.yaml")
+	// The test's upstream, a host no upstream claims, listens on loopback,
+	// which the egress guard refuses unless egress.allow names it (as a
+	// user's local stand-in would).
+	example = append(example, "\negress: {allow: [{cidrs: [127.0.0.0/8]}]}\n"...)
 	os.WriteFile(cfgPath, example, 0o644)
 
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "upstream ok") }))

@@ -87,11 +87,12 @@ func serve(cfg *config.Config, cf *configFlags, stderr io.Writer) error {
 			aln.Close()
 			return err
 		}
-		adminSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		// The clients and client_tokens rules apply to the admin endpoints.
+		adminSrv = &http.Server{Handler: srv.GuardAdmin(h), ReadHeaderTimeout: 10 * time.Second}
 		go func() { errs <- adminSrv.Serve(aln) }()
 		log.Info("admin listening", zap.String("addr", aln.Addr().String()))
-		if !isLoopback(aln.Addr()) {
-			log.Warn("the admin address is not loopback: whoever reaches it sees the metrics and the fingerprints of the keys", zap.String("addr", aln.Addr().String()))
+		if !isLoopback(aln.Addr()) && len(cfg.ClientTokens) == 0 {
+			log.Warn("the admin address is not loopback: any client from the clients networks sees the metrics and the fingerprints of the keys", zap.String("addr", aln.Addr().String()))
 		}
 	}
 	log.Info("proxy listening",

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/admin"
@@ -41,7 +42,7 @@ func runStatus(c *cli, cmd *command, args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	// No proxy from the environment: the admin address is asked directly.
-	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	client := &http.Client{Transport: withToken{&http.Transport{Proxy: nil}, os.Getenv(tokenEnv)}}
 	page, err := admin.FetchQuotas(ctx, client, "http://"+reachable(addr))
 	if err != nil {
 		var ue *url.Error
@@ -51,4 +52,22 @@ func runStatus(c *cli, cmd *command, args []string) error {
 		return fmt.Errorf("status: %w", err)
 	}
 	return admin.WriteStatus(c.stdout, page)
+}
+
+// tokenEnv names the environment variable holding the client token the
+// admin endpoints ask for when the configuration sets client_tokens.
+const tokenEnv = "RATELIMIT_PROXY_TOKEN"
+
+// withToken sends token, when set, as Authorization: Bearer.
+type withToken struct {
+	rt    http.RoundTripper
+	token string
+}
+
+func (t withToken) RoundTrip(r *http.Request) (*http.Response, error) {
+	if t.token != "" {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+t.token)
+	}
+	return t.rt.RoundTrip(r)
 }

@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/admin"
+	"github.com/ratelimit-proxy/ratelimit-proxy/config"
 	"github.com/ratelimit-proxy/ratelimit-proxy/decision"
+	"github.com/ratelimit-proxy/ratelimit-proxy/proxy"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
 )
 
@@ -93,4 +95,29 @@ func freePort(t *testing.T) string {
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	ln.Close()
 	return port
+}
+
+// TestStatusSendsTheClientToken: with client_tokens set, the admin
+// endpoints need a token; status sends RATELIMIT_PROXY_TOKEN's.
+func TestStatusSendsTheClientToken(t *testing.T) {
+	cfg, err := config.Parse("t.yaml", []byte("data_dir: "+t.TempDir()+"\nclient_tokens: [9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08]\n")) // SHA-256 of "test"
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := proxy.New(cfg, proxy.Options{Store: quota.NewMemoryStore(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown(t.Context())
+	guarded := httptest.NewServer(srv.GuardAdmin(adminWithOneKey(t).Config.Handler))
+	defer guarded.Close()
+	addr := strings.TrimPrefix(guarded.URL, "http://")
+	var out, errOut bytes.Buffer
+	if err := run([]string{"status", "-admin", addr}, strings.NewReader(""), &out, &errOut); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("status without a token: %v, want the 401", err)
+	}
+	t.Setenv(tokenEnv, "test")
+	if err := run([]string{"status", "-admin", addr}, strings.NewReader(""), &out, &errOut); err != nil || !strings.Contains(out.String(), "3f2a9c0d1e4b") {
+		t.Errorf("status with %s: %v\n%s", tokenEnv, err, out.String())
+	}
 }
