@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"regexp"
 	"sort"
@@ -23,10 +24,11 @@ import (
 type Policy struct {
 	routes       router
 	unknownHosts unknownHosts
-	connectTo    map[string]string // host or host:port -> its connect_to (a reload that changes it closes idle connections)
-	upstreams    []*upstream       // in configuration order
-	egress       *egressPolicy     // where hosts no upstream claims may go besides public addresses
-	clients      clientAccess      // who may use the proxy
+	connectTo    map[string]string    // host or host:port -> its connect_to (a reload that changes it closes idle connections)
+	upstreams    []*upstream          // in configuration order
+	egress       *egressPolicy        // where hosts no upstream claims may go besides public addresses
+	reachedAt    map[string]*upstream // each connect_to (hostPortKey) -> its upstream
+	clients      clientAccess         // who may use the proxy
 }
 
 // unknownHosts says what the proxy does with a host no upstream claims.
@@ -50,7 +52,7 @@ func compilePolicy(cfg *config.Config, prev *Policy) (*Policy, error) {
 	if cfg == nil {
 		return nil, errors.New("no configuration")
 	}
-	p := &Policy{routes: router{hosts: map[string]*upstream{}}, connectTo: map[string]string{}}
+	p := &Policy{routes: router{hosts: map[string]*upstream{}}, connectTo: map[string]string{}, reachedAt: map[string]*upstream{}}
 	if err := cfg.CheckAccess(); err != nil {
 		return nil, err
 	}
@@ -86,11 +88,11 @@ func compilePolicy(cfg *config.Config, prev *Policy) (*Policy, error) {
 			u.buckets, u.tuner = old.buckets, old.tuner
 		}
 		p.upstreams = append(p.upstreams, u)
+		if cu.ConnectTo != "" {
+			p.reachedAt[hostPortKey(cu.ConnectTo, "")] = u
+		}
 		for j, h := range cu.Hosts {
-			h = strings.ToLower(h)
-			if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
-				h = h[1 : len(h)-1]
-			}
+			h = config.CanonicalHost(h)
 			if h == "" {
 				return nil, fmt.Errorf("%s.hosts[%d]: empty host", path, j)
 			}
@@ -104,6 +106,29 @@ func compilePolicy(cfg *config.Config, prev *Policy) (*Policy, error) {
 		}
 	}
 	return p, nil
+}
+
+// reachedThrough returns the upstream whose connect_to is hostport (on
+// defaultPort when it names none): a request sent there directly, by
+// address, would reach that upstream uncounted.
+func (p *Policy) reachedThrough(hostport, defaultPort string) *upstream {
+	if len(p.reachedAt) == 0 {
+		return nil
+	}
+	return p.reachedAt[hostPortKey(hostport, defaultPort)]
+}
+
+// hostPortKey is host:port in one spelling: lower case, no final dot,
+// IPv6 in brackets, the port defaultPort when it names none.
+func hostPortKey(hostport, defaultPort string) string {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host, port = strings.TrimSuffix(strings.TrimPrefix(hostport, "["), "]"), defaultPort
+	}
+	if port == "" {
+		port = defaultPort
+	}
+	return net.JoinHostPort(canonicalName(host), port)
 }
 
 var upstreamNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)

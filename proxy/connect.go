@@ -36,9 +36,16 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 		action, reason, target = decisionError, "not a host:port", r.Host
 		refuse(w, http.StatusBadRequest, "BAD_CONNECT_TARGET", "CONNECT needs host:port, with a port from 1 to 65535")
 	case policy.routes.route(target, "443") != nil:
+		target = canonicalHostPort(target) // the leaf certificate and the Host check use it
 	case policy.unknownHosts == denyUnknown:
 		action = decisionDenied
 		refuse(w, http.StatusForbidden, "HOST_NOT_ALLOWED", "no upstream policy for this host, and unknown_hosts is deny")
+	case policy.reachedThrough(target, "443") != nil:
+		// The address of an upstream's connect_to: a tunnel there would
+		// reach the upstream uncounted.
+		action, reason = decisionDenied, "the address is a connect_to of an upstream"
+		refuse(w, http.StatusMisdirectedRequest, "MISDIRECTED_REQUEST",
+			"this address is where the proxy reaches one of its upstreams: CONNECT to the upstream's host name, so that it is counted")
 	default:
 		action = decision.Tunnel
 		ctx, cancel := context.WithTimeout(r.Context(), time.Duration(s.timeouts.Dial))
@@ -95,7 +102,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 		s.innerLn.push(client)
 		return
 	}
-	s.tunnel(client, upstreamConn)
+	s.tunnel(&sniCheck{Conn: client, s: s, policy: policy, target: target}, upstreamConn)
 }
 
 // tunnel copies bytes both ways until either side closes or the tunnel has

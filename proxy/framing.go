@@ -50,8 +50,9 @@ func validPort(port string) bool {
 
 // sameAuthority reports whether host, the Host of a request inside an
 // intercepted tunnel, names the tunnel's CONNECT target (host:port): the
-// same host in any ASCII case, and the same port, a Host without a port naming
-// 443. An empty Host (HTTP/1.0) names the target.
+// same host in any ASCII case, with or without a final dot, and the same
+// port, a Host without a port naming 443. An empty Host (HTTP/1.0) names
+// the target.
 func sameAuthority(host, target string) bool {
 	if host == "" {
 		return true
@@ -64,7 +65,7 @@ func sameAuthority(host, target string) bool {
 	if err != nil {
 		hh, hp = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), "443"
 	}
-	return asciiEqualFold(hh, th) && hp == tp
+	return asciiEqualFold(strings.TrimSuffix(hh, "."), strings.TrimSuffix(th, ".")) && hp == tp
 }
 
 // asciiEqualFold is strings.EqualFold for ASCII letters only, as routing

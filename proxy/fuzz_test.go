@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"maps"
@@ -55,6 +56,7 @@ func FuzzRoute(f *testing.F) {
 	}
 	f.Add("\u017f.test", "s.test:443", true) // Unicode folding: "ſ" is not "s"
 	f.Add("api.a.com", "api.a.com:443", false)
+	f.Add("API.A.COM.:443", "api.a.com.", true)
 	rt, ups := fuzzRouter()
 	f.Fuzz(func(t *testing.T, hostport, host string, https bool) {
 		port := "80"
@@ -73,6 +75,12 @@ func FuzzRoute(f *testing.F) {
 		if h, p, err := net.SplitHostPort(strings.ToLower(hostport)); err == nil && got != nil && p != "" && p != port {
 			if rt.hosts[net.JoinHostPort(h, p)] != got {
 				t.Errorf("route(%q, default %s) = %s: a host listed without port %s matched it", hostport, port, got.name, p)
+			}
+		}
+		// A final dot on the host changes nothing: "api.a.com." is api.a.com.
+		if h, p, err := net.SplitHostPort(hostport); err == nil && h != "" && !strings.HasSuffix(h, ".") && !strings.Contains(h, ":") {
+			if dotted := rt.route(net.JoinHostPort(h+".", p), port); dotted != got {
+				t.Errorf("route(%q) = %v but with a final dot %v", hostport, got, dotted)
 			}
 		}
 		// Naming the default port changes nothing.
@@ -112,6 +120,8 @@ func FuzzRoute(f *testing.F) {
 
 var keyRE = regexp.MustCompile(`^api/(anonymous|(cred|ip)/[0-9a-f]{64})$`)
 
+// FuzzIdentify reads apikey and authorization as header fields, one per
+// line, so that a field sent twice is fuzzed too.
 func FuzzIdentify(f *testing.F) {
 	f.Add("sk_live_0123456789abcdef", "", "", "10.0.0.1:5")
 	f.Add("", "Bearer tok_0123456789abcdef", "", "")
@@ -120,17 +130,56 @@ func FuzzIdentify(f *testing.F) {
 	f.Add("  ", "Bearer", "access_token=&access_token=x", "no port")
 	f.Add("", "", "access_token=%zz;x=1", "10.0.0.2:1")
 	f.Add("cpk_live_1", "", "", "")
+	f.Add("a\nb", "", "", "")
+	f.Add("a\n a ", "Bearer x\nBearer y", "", "")
+	f.Add("", "Bearer x, Bearer y", "", "")
+	f.Add("", "AWS4-HMAC-SHA256 Credential=a, Signature=b", "access_token=A&access_token=A", "")
+	f.Add("", "", "x=1;access_token=B&access_token=A", "")
+	f.Add("", "", "acc%65ss_token=A&access_token=B", "")
 	u := compileForFuzz(f)
 	f.Fuzz(func(t *testing.T, apikey, authorization, query, remote string) {
 		h := http.Header{}
 		if apikey != "" {
-			h["Apikey"] = []string{apikey}
+			h["Apikey"] = strings.Split(apikey, "\n")
 		}
 		if authorization != "" {
-			h["Authorization"] = []string{authorization}
+			h["Authorization"] = strings.Split(authorization, "\n")
 		}
 		r := &http.Request{Method: "GET", URL: &url.URL{Scheme: "https", Host: "api.test", Path: "/", RawQuery: query}, Header: h, RemoteAddr: remote}
-		id := u.identify(r)
+		id, err := u.identify(r)
+		if again, err2 := u.identify(r); again != id || (err == nil) != (err2 == nil) {
+			t.Errorf("identify is not deterministic: %+v %v then %+v %v", id, err, again, err2)
+		}
+		// What a reader that trusts no rule's parsing sees: the header's
+		// distinct values, and the query parameter's as net/url reads it.
+		distinct := func(vs []string) []string {
+			var out []string
+			for _, v := range vs {
+				if v = strings.TrimSpace(v); !slices.Contains(out, v) {
+					out = append(out, v)
+				}
+			}
+			return out
+		}
+		keyOf := func(cred string) string { return "api/cred/" + fingerprintOf(cred) }
+		apikeys := distinct(h["Apikey"])
+		if err != nil {
+			var ce *credentialError
+			if !errors.As(err, &ce) || err.Error() != "identity rule "+ce.rule+" "+ce.why ||
+				!slices.Contains([]string{whyTwoValues, whySemicolon, whyEscape}, ce.why) {
+				t.Fatalf("identify refused with %v: not a credentialError naming its rule", err)
+			}
+			if ce.rule == "header:apikey" && len(apikeys) < 2 {
+				t.Errorf("header rule refused %q, which holds one value", h["Apikey"])
+			}
+			return
+		}
+		if len(apikeys) > 1 {
+			t.Fatalf("apikey sent as %q, two values: keyed %s, want a refusal", h["Apikey"], id.rule)
+		}
+		if len(apikeys) == 1 && apikeys[0] != "" && (id.rule != "header:apikey" || id.key != keyOf(apikeys[0])) {
+			t.Errorf("apikey %q: keyed %s %s", apikeys[0], id.rule, id.key)
+		}
 		if !keyRE.MatchString(id.key) {
 			t.Fatalf("key %q", id.key)
 		}
@@ -149,8 +198,20 @@ func FuzzIdentify(f *testing.F) {
 		default:
 			t.Fatalf("rule %q", id.rule)
 		}
-		if again := u.identify(r); again != id {
-			t.Errorf("identify is not deterministic: %+v then %+v", id, again)
+		// The query rule, when reached, agrees with net/url on a query
+		// net/url reads without error: one value keys, two are refused.
+		if reached := id.rule == "query:access_token" || id.rule == "source_ip" || id.rule == "anonymous"; reached && !strings.Contains(query, ";") {
+			if q, perr := url.ParseQuery(query); perr == nil {
+				vals := distinct(q["access_token"])
+				switch {
+				case len(vals) > 1:
+					t.Errorf("query %q holds access_token %q: keyed %s, want a refusal", query, vals, id.rule)
+				case len(vals) == 1 && vals[0] != "" && (id.rule != "query:access_token" || id.key != keyOf(vals[0])):
+					t.Errorf("query %q: keyed %s %s, want access_token %q", query, id.rule, id.key, vals[0])
+				case (len(vals) == 0 || vals[0] == "") && id.rule == "query:access_token":
+					t.Errorf("query %q holds no access_token, keyed on one", query)
+				}
+			}
 		}
 		// No credential in the key: a value that is not itself hex never
 		// appears in it.
@@ -161,13 +222,22 @@ func FuzzIdentify(f *testing.F) {
 		}
 		// One credential, one bucket, however it is sent.
 		if id.rule == "header:apikey" {
-			cred := strings.TrimSpace(apikey)
-			byBearer := u.identify(&http.Request{URL: &url.URL{}, Header: http.Header{"Authorization": {"Bearer " + cred}}})
-			if byBearer.key != id.key {
+			cred := apikeys[0]
+			byBearer, err := u.identify(&http.Request{URL: &url.URL{}, Header: http.Header{"Authorization": {"Bearer " + cred}}})
+			if err == nil && byBearer.key != id.key {
 				t.Errorf("credential %q: key %q by header, %q by Bearer", cred, id.key, byBearer.key)
+			}
+			if err != nil && !strings.Contains(strings.ToLower(cred), "bearer") {
+				t.Errorf("credential %q by Bearer: %v", cred, err)
 			}
 		}
 	})
+}
+
+// fingerprintOf is the hex SHA-256 of a credential, as keys hold it.
+func fingerprintOf(cred string) string {
+	sum := sha256.Sum256([]byte(cred))
+	return hex.EncodeToString(sum[:])
 }
 
 // compileForFuzz is the upstream FuzzIdentify keys requests for.

@@ -117,9 +117,23 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.writeError(w, x, http.StatusForbidden, "HOST_NOT_ALLOWED", "no upstream policy for this host, and unknown_hosts is deny")
 			return
 		}
+		if up := policy.reachedThrough(r.URL.Host, defaultPort(r.URL.Scheme)); up != nil {
+			x.decision, x.err = decisionDenied, "the address is the connect_to of upstream "+up.name
+			s.writeError(w, x, http.StatusMisdirectedRequest, "MISDIRECTED_REQUEST",
+				"this address is where the proxy reaches one of its upstreams: send the request to the upstream's host name, so that it is counted")
+			return
+		}
 		x.decision = decisionUnlimited
 	} else {
-		x.id = x.up.identify(r)
+		// The upstream sees the host as routing read it: "API.Test." is
+		// api.test.
+		r.URL.Host, r.Host = canonicalHostPort(r.URL.Host), canonicalHostPort(r.Host)
+		var err error
+		if x.id, err = x.up.identify(r); err != nil {
+			x.decision, x.err = decisionError, err.Error()
+			s.writeError(w, x, http.StatusBadRequest, "AMBIGUOUS_CREDENTIAL", err.Error())
+			return
+		}
 	}
 	// Admission, sending, throttles and retries happen in roundTrip.
 	s.forward(w, r, x)

@@ -112,6 +112,7 @@ type hit struct {
 	seen    time.Time // when the handler read its clock (later under load)
 	stamped bool      // at is the kernel's time (else the handler's)
 	key     string    // the value of the apikey header, or of X-Test-Key
+	host    string    // the Host the upstream was sent
 	path    string
 	header  http.Header
 }
@@ -158,7 +159,7 @@ func (rec *recorder) serve(w http.ResponseWriter, r *http.Request) {
 		key = r.Header.Get("X-Test-Key")
 	}
 	rec.mu.Lock()
-	rec.hits = append(rec.hits, hit{at: at, seen: now, stamped: stamped, key: key, path: r.URL.Path, header: r.Header.Clone()})
+	rec.hits = append(rec.hits, hit{at: at, seen: now, stamped: stamped, key: key, host: r.Host, path: r.URL.Path, header: r.Header.Clone()})
 	rec.mu.Unlock()
 	if d := rec.delay.Load(); d > 0 {
 		select {

@@ -126,11 +126,16 @@ type identity struct {
 
 // identify finds the request's credential by the upstream's rules, first
 // match wins, and the limits that apply to it. The credential itself never
-// leaves this function: only its SHA-256 does.
-func (u *upstream) identify(r *http.Request) identity {
+// leaves this function: only its SHA-256 does. A rule that cannot tell
+// which credential the upstream will read refuses the request with a
+// *credentialError (see credential.go).
+func (u *upstream) identify(r *http.Request) (identity, error) {
 	for i := range u.rules {
 		rl := &u.rules[i]
-		cred := rl.find(r)
+		cred, why := rl.find(r)
+		if why != "" {
+			return identity{}, &credentialError{rule: rl.label, why: why}
+		}
 		if cred == "" {
 			continue
 		}
@@ -154,9 +159,9 @@ func (u *upstream) identify(r *http.Request) identity {
 		if id.limits == nil {
 			id.limits = u.limits
 		}
-		return id
+		return id, nil
 	}
-	return identity{key: u.anonKey, fingerprint: "anonymous", rule: "anonymous", limits: u.anonymous}
+	return identity{key: u.anonKey, fingerprint: "anonymous", rule: "anonymous", limits: u.anonymous}, nil
 }
 
 func (u *upstream) override(cred, print string) *limitSet {
@@ -173,30 +178,32 @@ func (u *upstream) override(cred, print string) *limitSet {
 	return nil
 }
 
-func (rl *rule) find(r *http.Request) string {
+// find returns the credential rl finds in r ("" for none), or why it
+// cannot tell which one the upstream will read.
+func (rl *rule) find(r *http.Request) (cred, why string) {
 	switch rl.kind {
-	case byHeader:
-		return strings.TrimSpace(r.Header.Get(rl.name))
-	case byAuthorization:
-		for _, v := range r.Header.Values("Authorization") {
-			scheme, cred, ok := strings.Cut(strings.TrimSpace(v), " ")
-			if ok && strings.EqualFold(scheme, rl.name) {
-				if cred = strings.TrimSpace(cred); cred != "" {
-					return cred
-				}
-			}
+	case byHeader, byAuthorization:
+		var ok bool
+		if rl.kind == byHeader {
+			cred, ok = headerCredential(r.Header[rl.name])
+		} else {
+			cred, ok = authorizationCredential(r.Header["Authorization"], rl.name)
 		}
+		if !ok {
+			return "", whyTwoValues
+		}
+		return cred, ""
 	case byQuery:
 		if r.URL.RawQuery != "" {
-			return strings.TrimSpace(r.URL.Query().Get(rl.name))
+			return queryCredential(r.URL.RawQuery, rl.name)
 		}
 	case bySourceIP:
 		if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-			return host
+			return host, ""
 		}
-		return r.RemoteAddr
+		return r.RemoteAddr, ""
 	}
-	return ""
+	return "", ""
 }
 
 // router maps a request's host to its upstream.
@@ -204,7 +211,8 @@ type router struct {
 	hosts map[string]*upstream // "host" or "host:port", lower-case
 }
 
-// route finds the upstream of hostport. An upstream that lists host:port
+// route finds the upstream of hostport, in any case and with or without
+// a final dot on the host. An upstream that lists host:port
 // claims that port only; one that lists a bare host claims the scheme's
 // default port only: defaultPort is "443" for https and CONNECT, "80" for
 // http. A hostport without a port (or with an empty one) is on the
@@ -221,6 +229,7 @@ func (rt *router) route(hostport, defaultPort string) *upstream {
 	if port == "" {
 		port = defaultPort
 	}
+	host = strings.TrimSuffix(host, ".") // "api.test." is api.test
 	if u := rt.hosts[net.JoinHostPort(host, port)]; u != nil {
 		return u
 	}

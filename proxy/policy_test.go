@@ -87,7 +87,7 @@ func TestIdentityRulesFirstMatchWinsAndCarryTheirLimits(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			id := u.identify(tt.req)
+			id := identifyOK(t, u, tt.req)
 			if id.rule != tt.wantRule || id.key != tt.wantKey || id.limits.shown[0].String() != tt.wantLimit {
 				t.Errorf("identify = rule %q key %q limits %v; want %q %q %s", id.rule, id.key, id.limits.shown, tt.wantRule, tt.wantKey, tt.wantLimit)
 			}
@@ -98,6 +98,16 @@ func TestIdentityRulesFirstMatchWinsAndCarryTheirLimits(t *testing.T) {
 	}
 }
 
+// identifyOK is identify for requests whose credential is not ambiguous.
+func identifyOK(t *testing.T, u *upstream, r *http.Request) identity {
+	t.Helper()
+	id, err := u.identify(r)
+	if err != nil {
+		t.Fatalf("identify: %v", err)
+	}
+	return id
+}
+
 func TestSourceIPRuleKeysEachClientApart(t *testing.T) {
 	u := compile(t, `upstreams:
   - name: local
@@ -105,13 +115,13 @@ func TestSourceIPRuleKeysEachClientApart(t *testing.T) {
     identity: [{header: apikey}, {source_ip: true}]
     limits: [10/1s]
 `)
-	a := u.identify(request("http://a.test/", nil, "10.0.0.1:1111"))
-	b := u.identify(request("http://a.test/", nil, "10.0.0.1:2222"))
-	c := u.identify(request("http://a.test/", nil, "10.0.0.2:1111"))
+	a := identifyOK(t, u, request("http://a.test/", nil, "10.0.0.1:1111"))
+	b := identifyOK(t, u, request("http://a.test/", nil, "10.0.0.1:2222"))
+	c := identifyOK(t, u, request("http://a.test/", nil, "10.0.0.2:1111"))
 	if a.key != b.key || a.key == c.key || a.rule != "source_ip" {
 		t.Errorf("source_ip keys: %q %q %q", a.key, b.key, c.key)
 	}
-	if k := u.identify(request("http://a.test/", http.Header{"Apikey": {"10.0.0.1"}}, "10.0.0.1:1")); k.key == a.key {
+	if k := identifyOK(t, u, request("http://a.test/", http.Header{"Apikey": {"10.0.0.1"}}, "10.0.0.1:1")); k.key == a.key {
 		t.Errorf("a credential equal to an IP address shares the IP's bucket")
 	}
 }
