@@ -66,6 +66,8 @@ type Config struct {
 	Timeouts Timeouts `yaml:"timeouts"`
 	// Requests bounds what one client request may carry.
 	Requests Requests `yaml:"requests"`
+	// Resources bound what all clients together may hold in the proxy.
+	Resources Resources `yaml:"resources"`
 	// MaxIdleConnsPerHost sizes the pool of idle upstream connections per
 	// host. Default 512.
 	MaxIdleConnsPerHost int `yaml:"max_idle_conns_per_host"`
@@ -99,6 +101,46 @@ type Requests struct {
 	MaxHeaderFields int `yaml:"max_header_fields"`
 }
 
+// Resources bound what all clients together may hold in the proxy: a
+// client chooses its keys, opens connections and sends bodies, so each
+// per-request bound needs a total. When one is reached the proxy refuses
+// the excess, never what it already holds, and logs "resource limit
+// reached" naming the resource, at most once every 10 seconds with the
+// count of refusals since the last line.
+type Resources struct {
+	// MaxClientConns bounds the client connections, tunnels included. At
+	// the bound the connection idle the longest (between requests, or
+	// before its first) is closed to make room; with none idle, the new
+	// one is closed at once. Default 4096, from 16 to 1048576; at start it
+	// is lowered to half the process's open-file limit when that is lower.
+	MaxClientConns int `yaml:"max_client_conns"`
+	// MaxTunnels bounds CONNECT tunnels, intercepted and untouched, and
+	// upgraded (WebSocket) connections; beyond it a CONNECT is answered
+	// 503. Default 1024, from 1 to 1048576.
+	MaxTunnels int `yaml:"max_tunnels"`
+	// MaxQueued bounds the requests waiting for their slot, every key
+	// together (max_queue bounds one key); beyond it a request that cannot
+	// leave at once is refused with 429 and a Retry-After that is kept.
+	// Default 4096, from 1 to 1000000.
+	MaxQueued int `yaml:"max_queued"`
+	// MaxBufferedBytes bounds the request bodies held in memory, every
+	// request together: bodies up to throttle.retry.max_body are read in
+	// full before admission (so that a slow client never holds a slot) and
+	// kept for retries. A body that does not fit is streamed instead and
+	// not retried. Default 67108864 (64 MiB), from 65536 to 68719476736.
+	MaxBufferedBytes int64 `yaml:"max_buffered_bytes"`
+	// MaxKeys bounds the keys the memory store holds. At the bound the
+	// keys that hold nothing (no send in any window, no hold, nothing
+	// learned in force) are forgotten; a key that still holds sends is
+	// never forgotten (that would break "never over"), so with none empty
+	// a request of a new key is answered 503 with Retry-After. Default
+	// 100000, from 16 to 100000000.
+	MaxKeys int `yaml:"max_keys"`
+	// MaxLeafCerts bounds the cached certificates of intercepted hosts
+	// (least recently used go first). Default 1024, from 16 to 1048576.
+	MaxLeafCerts int `yaml:"max_leaf_certs"`
+}
+
 // Timeouts bound every stage of a connection.
 type Timeouts struct {
 	Dial           Duration `yaml:"dial"`            // default 10s
@@ -107,8 +149,18 @@ type Timeouts struct {
 	IdleConn       Duration `yaml:"idle_conn"`       // default 90s
 	ClientIdle     Duration `yaml:"client_idle"`     // default 2m
 	ClientHeader   Duration `yaml:"client_header"`   // default 30s
-	TunnelIdle     Duration `yaml:"tunnel_idle"`     // default 5m
+	TunnelIdle     Duration `yaml:"tunnel_idle"`     // default 5m; upgraded (WebSocket) connections too
 	Shutdown       Duration `yaml:"shutdown"`        // default 15s
+	// ClientBody bounds how long a request body may take to arrive, from
+	// when the proxy starts reading it (a body read before admission) or
+	// from the request's release (a body streamed upstream, which counts
+	// against its key's windows until it is sent). Beyond it the request
+	// is answered 408 and its connection closed. Default 60s.
+	ClientBody Duration `yaml:"client_body"`
+	// UpstreamBodyIdle bounds the wait for the next bytes of a response
+	// body; beyond it the client's connection is cut and the request
+	// logged as an error. Default 5m.
+	UpstreamBodyIdle Duration `yaml:"upstream_body_idle"`
 }
 
 // Upstream is one API: the hosts it answers on, how its requests are keyed,
@@ -396,6 +448,7 @@ func (c *Config) fillDefaults() {
 	if c.Requests.MaxHeaderFields == 0 {
 		c.Requests.MaxHeaderFields = 100
 	}
+	c.Resources.fillDefaults()
 	t := &c.Timeouts
 	for _, f := range []struct {
 		d   *Duration
@@ -405,6 +458,7 @@ func (c *Config) fillDefaults() {
 		{&t.ResponseHeader, 60 * time.Second}, {&t.IdleConn, 90 * time.Second},
 		{&t.ClientIdle, 2 * time.Minute}, {&t.ClientHeader, 30 * time.Second},
 		{&t.TunnelIdle, 5 * time.Minute}, {&t.Shutdown, 15 * time.Second},
+		{&t.ClientBody, 60 * time.Second}, {&t.UpstreamBodyIdle, 5 * time.Minute},
 	} {
 		if *f.d == 0 {
 			*f.d = Duration(f.def)
@@ -562,6 +616,7 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 	b.count("requests.max_header_bytes", c.Requests.MaxHeaderBytes, 1024, 1<<20, "65536")
 	b.count("requests.max_header_fields", c.Requests.MaxHeaderFields, 1, 10000, "100")
 	b.count("log.max_path_bytes", c.Log.MaxPathBytes, 64, 65536, "2048")
+	c.Resources.check(&b)
 	t := &c.Timeouts
 	for _, f := range []struct {
 		name string
@@ -577,6 +632,8 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 		{"client_header", t.ClientHeader, 5 * time.Minute, "30s"},
 		{"tunnel_idle", t.TunnelIdle, 24 * time.Hour, "5m"},
 		{"shutdown", t.Shutdown, time.Hour, "15s"},
+		{"client_body", t.ClientBody, time.Hour, "60s"},
+		{"upstream_body_idle", t.UpstreamBodyIdle, 24 * time.Hour, "5m"},
 	} {
 		b.duration("timeouts."+f.name, f.v, time.Millisecond, f.hi,
 			"there is no \"no timeout\"; leave it out for the default "+f.dflt)
@@ -721,6 +778,11 @@ func (b *bounds) fail(path, format string, args ...any) {
 
 // count checks a whole number; dflt is the default, for the message.
 func (b *bounds) count(path string, v, lo, hi int, dflt string) {
+	b.count64(path, int64(v), int64(lo), int64(hi), dflt)
+}
+
+// count64 is count for 64-bit numbers.
+func (b *bounds) count64(path string, v, lo, hi int64, dflt string) {
 	switch {
 	case v == 0 && b.d.set(b.root, path):
 		b.fail(path, "0 is not allowed: leave it out for the default %s, or write a number from %d to %d", dflt, lo, hi)

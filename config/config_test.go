@@ -130,6 +130,18 @@ func TestBadConfigsNameFileLineAndField(t *testing.T) {
 		{"header fields too many", "requests:\n  max_header_fields: 10001\n", []string{"bad.yaml:2:", "requests.max_header_fields", "from 1 to 10000"}},
 		{"header fields 0", "requests:\n  max_header_fields: 0\n", []string{"bad.yaml:2:", "requests.max_header_fields", "0 is not allowed"}},
 		{"logged path too short", "log:\n  max_path_bytes: 63\n", []string{"bad.yaml:2:", "log.max_path_bytes", "from 64 to 65536"}},
+		{"client_body 0", "timeouts:\n  client_body: 0s\n", []string{"bad.yaml:2:", "timeouts.client_body", "no timeout", "default 60s"}},
+		{"client_body too long", "timeouts:\n  client_body: 2h\n", []string{"bad.yaml:2:", "timeouts.client_body", "to 1h0m0s"}},
+		{"upstream_body_idle too long", "timeouts:\n  upstream_body_idle: 25h\n", []string{"bad.yaml:2:", "timeouts.upstream_body_idle", "to 24h0m0s"}},
+		{"client conns 0", "resources:\n  max_client_conns: 0\n", []string{"bad.yaml:2:", "resources.max_client_conns", "0 is not allowed", "default 4096"}},
+		{"client conns too few", "resources:\n  max_client_conns: 15\n", []string{"bad.yaml:2:", "resources.max_client_conns", "from 16 to 1048576"}},
+		{"tunnels too many", "resources:\n  max_tunnels: 1048577\n", []string{"bad.yaml:2:", "resources.max_tunnels", "from 1 to 1048576"}},
+		{"queued 0", "resources:\n  max_queued: 0\n", []string{"bad.yaml:2:", "resources.max_queued", "0 is not allowed", "4096"}},
+		{"buffered bytes too few", "resources:\n  max_buffered_bytes: 65535\n", []string{"bad.yaml:2:", "resources.max_buffered_bytes", "from 65536 to 68719476736"}},
+		{"buffered bytes not a number", "resources:\n  max_buffered_bytes: 64MiB\n", []string{"bad.yaml:2:", "resources.max_buffered_bytes", "whole number"}},
+		{"keys too few", "resources:\n  max_keys: 15\n", []string{"bad.yaml:2:", "resources.max_keys", "from 16 to 100000000"}},
+		{"leaf certs negative", "resources:\n  max_leaf_certs: -1\n", []string{"bad.yaml:2:", "resources.max_leaf_certs", "from 16 to 1048576"}},
+		{"unknown resource", "resources:\n  max_conns: 10\n", []string{"bad.yaml:2:", "max_conns"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -340,5 +352,25 @@ func TestRequestAndLogBoundsDefaults(t *testing.T) {
 	}
 	if cfg.Requests.MaxHeaderBytes != 64<<10 || cfg.Requests.MaxHeaderFields != 100 || cfg.Log.MaxPathBytes != 2048 {
 		t.Errorf("defaults: requests %+v, log.max_path_bytes %d", cfg.Requests, cfg.Log.MaxPathBytes)
+	}
+	want := Resources{MaxClientConns: 4096, MaxTunnels: 1024, MaxQueued: 4096, MaxBufferedBytes: 64 << 20, MaxKeys: 100000, MaxLeafCerts: 1024}
+	if cfg.Resources != want {
+		t.Errorf("resources defaults %+v, want %+v", cfg.Resources, want)
+	}
+	if cfg.Timeouts.ClientBody != Duration(60*time.Second) || cfg.Timeouts.UpstreamBodyIdle != Duration(5*time.Minute) {
+		t.Errorf("timeouts.client_body %v, upstream_body_idle %v; want 60s and 5m", cfg.Timeouts.ClientBody, cfg.Timeouts.UpstreamBodyIdle)
+	}
+}
+
+// TestResourceBoundsAcceptTheirEdges: each resource bound admits the
+// values at its edges.
+func TestResourceBoundsAcceptTheirEdges(t *testing.T) {
+	for _, yamlText := range []string{
+		"resources: {max_client_conns: 16, max_tunnels: 1, max_queued: 1, max_buffered_bytes: 65536, max_keys: 16, max_leaf_certs: 16}\ntimeouts: {client_body: 1ms, upstream_body_idle: 1ms}\n",
+		"resources: {max_client_conns: 1048576, max_tunnels: 1048576, max_queued: 1000000, max_buffered_bytes: 68719476736, max_keys: 100000000, max_leaf_certs: 1048576}\ntimeouts: {client_body: 1h, upstream_body_idle: 24h}\n",
+	} {
+		if _, err := Parse("edges.yaml", []byte(yamlText)); err != nil {
+			t.Errorf("%s: %v", yamlText, err)
+		}
 	}
 }

@@ -104,7 +104,7 @@ func (d *document) check(n *yaml.Node, t reflect.Type, path string) error {
 		if _, err := strconv.ParseBool(n.Value); n.Kind != yaml.ScalarNode || err != nil {
 			return d.errorf(n, "%s: want true or false", display(path))
 		}
-	case reflect.Int:
+	case reflect.Int, reflect.Int64:
 		if _, err := strconv.Atoi(n.Value); n.Kind != yaml.ScalarNode || err != nil {
 			return d.errorf(n, "%s: want a whole number", display(path))
 		}

@@ -110,6 +110,9 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if err := checkTimeouts(cfg.Timeouts); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
+	if err := checkResources(cfg.Resources); err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
 	if cfg.MaxIdleConnsPerHost < 0 {
 		return nil, errors.New("proxy: max_idle_conns_per_host must not be negative")
 	}

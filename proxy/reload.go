@@ -22,6 +22,7 @@ type fixedSettings struct {
 	timeouts      config.Timeouts // Shutdown excepted: the caller reads it when it stops
 	requests      config.Requests // the listeners' header bounds
 	maxLogged     int             // log.max_path_bytes
+	resources     config.Resources
 }
 
 func fixedOf(cfg *config.Config) fixedSettings {
@@ -35,6 +36,7 @@ func fixedOf(cfg *config.Config) fixedSettings {
 		timeouts:  t,
 		requests:  cfg.Requests,
 		maxLogged: cfg.Log.MaxPathBytes,
+		resources: cfg.Resources,
 	}
 }
 
@@ -59,6 +61,9 @@ func (f fixedSettings) changed(g fixedSettings) []string {
 	if f.maxLogged != g.maxLogged {
 		fields = append(fields, "log.max_path_bytes")
 	}
+	if f.resources != g.resources {
+		fields = append(fields, "resources")
+	}
 	return fields
 }
 
@@ -70,9 +75,28 @@ func checkTimeouts(t config.Timeouts) error {
 		{"dial", t.Dial}, {"tls_handshake", t.TLSHandshake}, {"response_header", t.ResponseHeader},
 		{"idle_conn", t.IdleConn}, {"client_idle", t.ClientIdle}, {"client_header", t.ClientHeader},
 		{"tunnel_idle", t.TunnelIdle}, {"shutdown", t.Shutdown},
+		{"client_body", t.ClientBody}, {"upstream_body_idle", t.UpstreamBodyIdle},
 	} {
 		if f.d <= 0 {
 			return fmt.Errorf("timeouts.%s: %v: want a positive duration", f.name, time.Duration(f.d))
+		}
+	}
+	return nil
+}
+
+// checkResources refuses resource bounds that are not positive (a
+// configuration that did not go through config.Parse).
+func checkResources(r config.Resources) error {
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"max_client_conns", int64(r.MaxClientConns)}, {"max_tunnels", int64(r.MaxTunnels)},
+		{"max_queued", int64(r.MaxQueued)}, {"max_buffered_bytes", r.MaxBufferedBytes},
+		{"max_keys", int64(r.MaxKeys)}, {"max_leaf_certs", int64(r.MaxLeafCerts)},
+	} {
+		if f.v <= 0 {
+			return fmt.Errorf("resources.%s: %d: want a positive number", f.name, f.v)
 		}
 	}
 	return nil
@@ -119,7 +143,7 @@ func joinFields(fields []string) string {
 // The reload is refused, and the running policy kept, when load fails,
 // when the configuration does not compile, or when it changes a setting
 // the Server was built with (the CA, upstream_roots, timeouts other than
-// shutdown, max_idle_conns_per_host: a *RestartNeededError). Either way
+// shutdown, max_idle_conns_per_host, resources: a *RestartNeededError). Either way
 // Reload logs one line, "config reloaded" or "reload refused", and counts
 // the outcome (see Reloads). Log settings, listen and admin are the
 // caller's: load should refuse changes it cannot apply.
