@@ -14,25 +14,33 @@ import (
 	"io/fs"
 	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/ratelimit-proxy/ratelimit-proxy/config"
+
+	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // CA is the proxy's own certificate authority. It signs the leaf
 // certificates that intercepted TLS connections present to clients. Leaf
-// certificates are minted once per host and cached; all of them share one
-// ECDSA P-256 key generated at start.
+// certificates are minted once per host name (in lower case, without a
+// final dot) and kept in a cache of bounded size, least recently used
+// first out; all of them share one ECDSA P-256 key generated at start.
 type CA struct {
 	cert    *x509.Certificate
 	certPEM []byte
 	key     *ecdsa.PrivateKey
 	leafKey *ecdsa.PrivateKey
 
-	mu     sync.RWMutex
-	leaves map[string]*tls.Certificate
-	now    func() time.Time
+	mu      sync.Mutex // one mint at a time
+	leaves  *lru.Cache[string, *tls.Certificate]
+	evicted func() // called when the cache drops a leaf for a new one
+	now     func() time.Time
 }
 
 // caValidity is the lifetime of a generated CA; leafValidity of a leaf.
@@ -144,14 +152,28 @@ func loadCA(certPath, keyPath string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generating leaf key: %w", err)
 	}
-	return &CA{
+	ca := &CA{
 		cert:    pair.Leaf,
 		certPEM: certPEM,
 		key:     key,
 		leafKey: leafKey,
-		leaves:  make(map[string]*tls.Certificate),
 		now:     time.Now,
-	}, nil
+	}
+	ca.limitLeaves(config.DefaultMaxLeafCerts, nil)
+	return ca, nil
+}
+
+// limitLeaves empties the leaf cache and bounds it to n certificates;
+// evicted, when not nil, is called each time a leaf makes room for another.
+func (ca *CA) limitLeaves(n int, evicted func()) {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	ca.evicted = evicted
+	ca.leaves, _ = lru.NewWithEvict(max(n, 1), func(string, *tls.Certificate) {
+		if ca.evicted != nil {
+			ca.evicted()
+		}
+	})
 }
 
 // CertPEM returns the CA certificate, PEM-encoded, for clients to trust.
@@ -164,26 +186,47 @@ func (ca *CA) Fingerprint() string {
 }
 
 // Leaf returns a certificate for host signed by the CA, minting it on first
-// use and whenever the cached one is within a day of expiring.
+// use and whenever the cached one is within a day of expiring. Spellings
+// of one name share a certificate: host is taken in lower case, without
+// brackets or a final dot, an IP address in its canonical form.
 func (ca *CA) Leaf(host string) (*tls.Certificate, error) {
+	host = leafName(host)
 	now := ca.now()
-	ca.mu.RLock()
-	leaf := ca.leaves[host]
-	ca.mu.RUnlock()
-	if leaf != nil && now.Add(24*time.Hour).Before(leaf.Leaf.NotAfter) {
+	if leaf, ok := ca.leaves.Get(host); ok && now.Add(24*time.Hour).Before(leaf.Leaf.NotAfter) {
 		return leaf, nil
 	}
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
-	if leaf := ca.leaves[host]; leaf != nil && now.Add(24*time.Hour).Before(leaf.Leaf.NotAfter) {
+	if leaf, ok := ca.leaves.Get(host); ok && now.Add(24*time.Hour).Before(leaf.Leaf.NotAfter) {
 		return leaf, nil
 	}
 	leaf, err := ca.mint(host, now)
 	if err != nil {
 		return nil, fmt.Errorf("minting a certificate for %s: %w", host, err)
 	}
-	ca.leaves[host] = leaf
+	ca.leaves.Add(host, leaf)
 	return leaf, nil
+}
+
+// leafName is the one spelling of host a leaf is minted and cached for.
+func leafName(host string) string {
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return ip.WithZone("").String()
+	}
+	host = strings.TrimSuffix(host, ".")
+	for i := 0; i < len(host); i++ {
+		if c := host[i]; 'A' <= c && c <= 'Z' {
+			b := []byte(host)
+			for j := i; j < len(b); j++ {
+				if 'A' <= b[j] && b[j] <= 'Z' {
+					b[j] += 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return host
 }
 
 func (ca *CA) mint(host string, now time.Time) (*tls.Certificate, error) {

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -89,6 +90,72 @@ func TestLeafCertificatesAreCachedAndValid(t *testing.T) {
 	a3, _ := ca.Leaf("api.example.com")
 	if a3 == a1 {
 		t.Error("expiring leaf was not renewed")
+	}
+}
+
+// TestLeafCacheIsCaseNormalisedAndBounded: the spellings of one host
+// (issue 12 minted one certificate for each of 4000 case variants, and
+// never forgot any) share one certificate, and many hosts keep at most the
+// bound, the least recently used going first.
+func TestLeafCacheIsCaseNormalisedAndBounded(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := LoadOrCreateCA(filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	evictions := 0
+	ca.limitLeaves(16, func() { evictions++ })
+	first, err := ca.Leaf("api.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "api.example.com"
+	for i := range 4000 {
+		b := []byte(name)
+		for j := range b {
+			if i>>(j%12)&1 == 1 && b[j] >= 'a' && b[j] <= 'z' {
+				b[j] -= 'a' - 'A'
+			}
+		}
+		spelling := string(b)
+		if i%2 == 1 {
+			spelling += "."
+		}
+		leaf, err := ca.Leaf(spelling)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if leaf != first {
+			t.Fatalf("%q got a certificate of its own", spelling)
+		}
+	}
+	for _, ip := range []string{"::ffff:7f00:1", "[::FFFF:127.0.0.1]"} {
+		a, _ := ca.Leaf(ip)
+		b, _ := ca.Leaf("::ffff:127.0.0.1")
+		if a != b {
+			t.Errorf("%q and ::ffff:127.0.0.1 got different certificates", ip)
+		}
+	}
+	if n := ca.leaves.Len(); n != 2 {
+		t.Fatalf("%d leaves cached after 4000 spellings of one host and one IP, want 2", n)
+	}
+	for i := range 100 {
+		if _, err := ca.Leaf(fmt.Sprintf("h%d.example.com", i)); err != nil {
+			t.Fatal(err)
+		}
+		ca.Leaf("api.example.com") // kept in use
+	}
+	if n := ca.leaves.Len(); n != 16 {
+		t.Errorf("%d leaves cached after 100 hosts, want the bound, 16", n)
+	}
+	if evictions != 102-16 {
+		t.Errorf("%d evictions reported, want %d", evictions, 102-16)
+	}
+	if again, _ := ca.Leaf("API.example.com"); again != first {
+		t.Error("the host used all along was evicted before hosts used once")
+	}
+	if _, ok := ca.leaves.Peek("h0.example.com"); ok {
+		t.Error("the least recently used host is still cached")
 	}
 }
 

@@ -47,6 +47,9 @@ type Server struct {
 	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
 	egress    *egressGuard // judges the dials of the default dialer
 
+	resources config.Resources
+	limits    resourceLogs
+
 	reloadMu       sync.Mutex // one reload at a time
 	reloadsApplied atomic.Uint64
 	reloadsRefused atomic.Uint64
@@ -150,7 +153,10 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		dial:        dial,
 		egress:      guard,
 		tunnelConns: map[net.Conn]struct{}{},
+		resources:   cfg.Resources,
 	}
+	s.limits = newResourceLogs(log, cfg.Resources)
+	ca.limitLeaves(cfg.Resources.MaxLeafCerts, s.limits.leafCerts.hit)
 	s.policy.Store(policy)
 	guard.current = func() *egressPolicy { return s.policy.Load().egress }
 	s.base, s.stopWaiting = context.WithCancelCause(context.Background())
@@ -280,6 +286,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.outer.Close()
 	s.inner.Close()
 	s.transport.CloseIdleConnections()
+	s.limits.stop()
 	if err != nil && ctx.Err() != nil {
 		return ctx.Err()
 	}
