@@ -42,6 +42,7 @@ type entry struct {
 	id      uint64
 	from    int64 // booking: the earliest time a caller may take it
 	expires int64 // booking: it lapses then; onItsWay: when it was released
+	transit int64 // the longest it may stay on its way (Request.Transit)
 	state   entryState
 }
 
@@ -57,7 +58,11 @@ type keyState struct {
 	// window.
 	buckets []*bucketLog
 	// open are the key's unsettled requests, ascending by slot.
-	open      []entry
+	open []entry
+	// transits counts the open entries with a transit: while there are
+	// none, every open entry counts at its slot or now (nthLatest's quick
+	// path).
+	transits  int
 	maxWindow int64
 	taught    *taught // what the upstream taught; nil until it spoke
 }
@@ -152,13 +157,36 @@ func (k *keyState) expire(t int64) {
 	for _, e := range k.open {
 		switch {
 		case e.state == booking && t >= e.expires:
-		case e.state == onItsWay && t-e.expires >= staleOnItsWay:
+		case e.state == onItsWay && t-e.expires >= staleOnItsWay+e.transit:
+			if e.transit > 0 {
+				k.transits--
+			}
 		default:
 			kept = append(kept, e)
 		}
 	}
 	clear(k.open[len(kept):])
 	k.open = kept
+}
+
+// removeOpen deletes open entry i.
+func (k *keyState) removeOpen(i int) {
+	if k.open[i].transit > 0 {
+		k.transits--
+	}
+	k.open = slices.Delete(k.open, i, i+1)
+}
+
+// setTransit gives open entry i the transit d.
+func (k *keyState) setTransit(i int, d int64) {
+	if (k.open[i].transit > 0) != (d > 0) {
+		if d > 0 {
+			k.transits++
+		} else {
+			k.transits--
+		}
+	}
+	k.open[i].transit = d
 }
 
 // find returns the index of the open entry with slot at and id, or -1.
@@ -176,6 +204,9 @@ func (k *keyState) find(at int64, id uint64) int {
 func (k *keyState) insertOpen(e entry) int {
 	i := sort.Search(len(k.open), func(i int) bool { return k.open[i].at > e.at })
 	k.open = slices.Insert(k.open, i, e)
+	if e.transit > 0 {
+		k.transits++
+	}
 	return i
 }
 
@@ -183,7 +214,7 @@ func (k *keyState) insertOpen(e entry) int {
 // It returns the entry's new index.
 func (k *keyState) moveOpen(i int, at int64) int {
 	e := k.open[i]
-	k.open = slices.Delete(k.open, i, i+1)
+	k.removeOpen(i)
 	e.at = at
 	return k.insertOpen(e)
 }
@@ -193,7 +224,15 @@ func (k *keyState) moveOpen(i int, at int64) int {
 // index skip (-1 for none), where an open entry counts at its slot, or at
 // t if its slot has come (a request on its way counts as sent now). ok is
 // false when fewer than n qualify.
+//
+// An entry with a transit may be sent at any time from its slot (or its
+// release) until its transit has passed: it counts at the latest of those
+// times no later than c, so that a time named for a later request holds
+// even if this one takes all of its transit.
 func (k *keyState) nthLatest(n int, c, t int64, skip int) (int64, bool) {
+	if k.transits > 0 {
+		return k.nthLatestInTransit(n, c, t, skip)
+	}
 	es := k.open
 	hi := sort.Search(len(es), func(i int) bool { return es[i].at > c })
 	lo := min(sort.Search(len(es), func(i int) bool { return es[i].at > t }), hi)
@@ -222,6 +261,45 @@ func (k *keyState) nthLatest(n int, c, t int64, skip int) (int64, bool) {
 		return k.sent[len(k.sent)-r], true
 	}
 	return 0, false
+}
+
+// nthLatestInTransit is nthLatest for a key with entries in transit: it
+// takes each open entry's effective time in turn.
+func (k *keyState) nthLatestInTransit(n int, c, t int64, skip int) (int64, bool) {
+	eff := make([]int64, 0, len(k.open))
+	for i, e := range k.open {
+		from := max(e.at, t) // the earliest it may still be sent
+		if i == skip || from > c {
+			continue
+		}
+		until := from
+		switch {
+		case e.transit == 0:
+		case e.state == onItsWay:
+			until = max(t, e.expires+e.transit)
+		default:
+			until = from + e.transit
+		}
+		eff = append(eff, min(until, c))
+	}
+	slices.Sort(eff)
+	a, b := len(eff)-1, len(k.sent)-1
+	for {
+		var x int64
+		switch {
+		case a >= 0 && (b < 0 || eff[a] >= k.sent[b]):
+			x = eff[a]
+			a--
+		case b >= 0:
+			x = k.sent[b]
+			b--
+		default:
+			return 0, false
+		}
+		if n--; n == 0 {
+			return x, true
+		}
+	}
 }
 
 // openUpTo counts the open entries (other than skip) whose effective time
@@ -483,6 +561,36 @@ func (k *keyState) idle(t int64) bool {
 		}
 	}
 	return true
+}
+
+// idleFrom returns the earliest time from t at which the key would be
+// idle if no request of it came: its queued requests leaving at their
+// slots, its bookings lapsing, its holds, budget and learned windows
+// ending. It mirrors idle.
+func (k *keyState) idleFrom(t int64) int64 {
+	at := t
+	if n := len(k.sent); n > 0 {
+		at = max(at, k.sent[n-1]+k.maxWindow)
+	}
+	for _, e := range k.open {
+		if e.state == booking {
+			at = max(at, e.expires)
+		} else {
+			at = max(at, max(e.at, t)+k.maxWindow)
+		}
+	}
+	for _, b := range k.buckets {
+		if n := len(b.slots); n > 0 {
+			at = max(at, (b.slots[n-1].index+1)*b.width+b.window)
+		}
+	}
+	if tg := k.taught; tg != nil {
+		at = max(at, tg.holdUntil, tg.budgetUntil, tg.learnedUntil)
+		if tg.probing {
+			at = max(at, tg.holdUntil+int64(ProbeTimeout))
+		}
+	}
+	return at
 }
 
 // observe applies an upstream report received at t for a request sent at

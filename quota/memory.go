@@ -2,9 +2,13 @@ package quota
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"hash/maphash"
+	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -16,6 +20,10 @@ const shardCount = 64
 // nothing a decision could need.
 const sweepEvery = time.Minute
 
+// roomEvery is the least time, in store time, between two passes over
+// every key of a full store (see WithMaxKeys).
+const roomEvery = time.Second
+
 // MemoryStore is a Store that keeps every key in this process: the latest
 // send times of a key for its exact limits (at most ExactCount of them),
 // bucket counts for larger ones, and its unsettled requests. Keys idle for
@@ -26,24 +34,75 @@ type MemoryStore struct {
 	epoch  time.Time
 	seed   maphash.Seed
 	shards [shardCount]shard
+
+	maxKeys  int64        // 0: no bound
+	keyCount atomic.Int64 // keys held, in every shard
+	roomMu   sync.Mutex   // one pass at a time over a full store
+	nextRoom int64        // store time of the next pass; under roomMu
+	roomAt   int64        // the earliest time the last pass found a key could be empty; under roomMu
 }
+
+// MemoryOption configures a MemoryStore.
+type MemoryOption func(*MemoryStore)
+
+// WithMaxKeys bounds the keys the store holds to n (n <= 0: no bound).
+// When a request of a new key finds the store full, the store forgets
+// every key that holds nothing any decision could need (no send in any of
+// its windows, nothing queued or on its way, no hold, probe, budget or
+// learned window in force: the keys its periodic sweep would forget), at
+// most once per roomEvery (a flood of new keys costs one pass per period,
+// not one per request). A key that still holds sends is never
+// forgotten, since forgetting it would let its next requests exceed its
+// limits. With no empty key, Reserve refuses the new key with a
+// *KeyLimitError naming when one may be. Hold and Observe never refuse:
+// they follow a reservation.
+func WithMaxKeys(n int) MemoryOption {
+	return func(s *MemoryStore) { s.maxKeys = int64(max(n, 0)) }
+}
+
+// ErrTooManyKeys is the error a *KeyLimitError wraps.
+var ErrTooManyKeys = errors.New("quota: the store holds as many keys as it may")
+
+// KeyLimitError refuses a request of a new key: the store holds Max keys
+// and none of them is empty. Nothing of the request was booked.
+type KeyLimitError struct {
+	Max int
+	// Now is the store's clock at the refusal; RetryAt the earliest time
+	// at which one of the keys becomes empty if none of them is used
+	// again (a retry then may still find the store full).
+	Now, RetryAt time.Time
+}
+
+func (e *KeyLimitError) Error() string {
+	return fmt.Sprintf("quota: the store holds %d keys, its bound, and none is empty before %v from now", e.Max, e.Delay())
+}
+
+func (e *KeyLimitError) Unwrap() error { return ErrTooManyKeys }
+
+// Delay is the time until RetryAt; never negative.
+func (e *KeyLimitError) Delay() time.Duration { return max(e.RetryAt.Sub(e.Now), 0) }
 
 type shard struct {
 	mu        sync.Mutex
 	keys      map[string]*keyState
 	nextSweep int64
 	nextID    uint64
+	count     *atomic.Int64 // the store's key count
 }
 
 // NewMemoryStore returns an empty MemoryStore reading time from clock
 // (SystemClock when nil).
-func NewMemoryStore(clock Clock) *MemoryStore {
+func NewMemoryStore(clock Clock, opts ...MemoryOption) *MemoryStore {
 	if clock == nil {
 		clock = SystemClock{}
 	}
 	s := &MemoryStore{clock: clock, epoch: clock.Now(), seed: maphash.MakeSeed()}
 	for i := range s.shards {
 		s.shards[i].keys = make(map[string]*keyState)
+		s.shards[i].count = &s.keyCount
+	}
+	for _, o := range opts {
+		o(s)
 	}
 	return s
 }
@@ -73,12 +132,28 @@ func (s *MemoryStore) Reserve(_ context.Context, req Request) (Reservation, erro
 		return Reservation{}, ErrNoKey
 	}
 	sh, now, t := s.lock(req.Key)
-	defer sh.mu.Unlock()
 	if t >= sh.nextSweep {
 		sh.sweep(t)
 		sh.nextSweep = t + int64(sweepEvery)
 	}
-	k := sh.keyState(req.Key)
+	k := sh.keys[req.Key]
+	if k == nil {
+		var err error
+		if k, err = s.newKey(sh, req.Key); err != nil {
+			sh.mu.Unlock()
+			if err = s.makeRoom(); err != nil {
+				return Reservation{}, err
+			}
+			sh, now, t = s.lock(req.Key)
+			if k = sh.keys[req.Key]; k == nil {
+				if k, err = s.newKey(sh, req.Key); err != nil {
+					sh.mu.Unlock()
+					return Reservation{}, err
+				}
+			}
+		}
+	}
+	defer sh.mu.Unlock()
 	k.expire(t)
 	k.prune(t)
 	limits := k.limitsAt(req.Limits, t)
@@ -92,6 +167,7 @@ func (s *MemoryStore) Reserve(_ context.Context, req Request) (Reservation, erro
 		slot, at, binding, held, wakeable := k.earliest(limits, max(t, e.at), t, i, e.id, req.Scout)
 		if at < e.expires {
 			k.open[i].state = queued
+			k.setTransit(i, int64(req.Transit))
 			return s.decided(k, res, k.moveOpen(i, slot), at, t, binding, held, wakeable), nil
 		}
 	}
@@ -115,7 +191,7 @@ func (s *MemoryStore) Reserve(_ context.Context, req Request) (Reservation, erro
 	default:
 		return s.refuse(k, res, req, at, t, binding, held, wakeable, waiting, id), nil
 	}
-	i := k.insertOpen(entry{at: slot, id: id, state: queued})
+	i := k.insertOpen(entry{at: slot, id: id, state: queued, transit: int64(req.Transit)})
 	return s.decided(k, res, i, at, t, binding, held, wakeable), nil
 }
 
@@ -225,7 +301,7 @@ func (s *MemoryStore) Settle(_ context.Context, r Reservation, sentAt time.Time)
 		return r, nil
 	}
 	x = max(x, k.open[i].at)
-	k.open = slices.Delete(k.open, i, i+1)
+	k.removeOpen(i)
 	k.addSent(x)
 	r.Sent = s.time(x)
 	return r, nil
@@ -244,7 +320,7 @@ func (s *MemoryStore) Cancel(_ context.Context, r Reservation) error {
 		return nil
 	}
 	if i := k.find(s.since(r.Slot), r.ID); i >= 0 {
-		k.open = slices.Delete(k.open, i, i+1)
+		k.removeOpen(i)
 	}
 	if tg := k.taught; tg != nil && tg.probeID == r.ID {
 		tg.probeID = 0 // another request may probe
@@ -309,14 +385,59 @@ func (s *MemoryStore) Observe(_ context.Context, key string, o Observation) erro
 	return nil
 }
 
-// keyState returns the key's state, creating it.
+// keyState returns the key's state, creating it whatever the bound.
 func (sh *shard) keyState(key string) *keyState {
 	k := sh.keys[key]
 	if k == nil {
 		k = newKeyState()
 		sh.keys[key] = k
+		sh.count.Add(1)
 	}
 	return k
+}
+
+// newKey creates the state of a key sh does not hold, within the bound on
+// keys; with sh locked.
+func (s *MemoryStore) newKey(sh *shard, key string) (*keyState, error) {
+	if n := s.keyCount.Add(1); s.maxKeys > 0 && n > s.maxKeys {
+		s.keyCount.Add(-1)
+		return nil, ErrTooManyKeys
+	}
+	k := newKeyState()
+	sh.keys[key] = k
+	return k, nil
+}
+
+// makeRoom forgets the empty keys of every shard, unless a pass found none
+// less than roomEvery ago. It returns a *KeyLimitError when the store is
+// still full. It takes the shards' locks one at a time; the caller holds
+// none.
+func (s *MemoryStore) makeRoom() error {
+	s.roomMu.Lock()
+	defer s.roomMu.Unlock()
+	now := s.clock.Now()
+	t := s.since(now)
+	if s.keyCount.Load() < s.maxKeys {
+		return nil
+	}
+	if t < s.nextRoom {
+		return &KeyLimitError{Max: int(s.maxKeys), Now: now, RetryAt: s.time(max(s.roomAt, s.nextRoom))}
+	}
+	next := int64(math.MaxInt64)
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		sh.sweep(t)
+		for _, k := range sh.keys {
+			next = min(next, k.idleFrom(t))
+		}
+		sh.mu.Unlock()
+	}
+	if s.keyCount.Load() < s.maxKeys {
+		return nil
+	}
+	s.nextRoom, s.roomAt = t+int64(roomEvery), next
+	return &KeyLimitError{Max: int(s.maxKeys), Now: now, RetryAt: s.time(max(s.roomAt, s.nextRoom))}
 }
 
 // Keys returns how many keys the store holds, idle ones not yet swept
@@ -339,6 +460,7 @@ func (sh *shard) sweep(t int64) {
 		k.prune(t)
 		if k.idle(t) {
 			delete(sh.keys, key)
+			sh.count.Add(-1)
 		}
 	}
 }

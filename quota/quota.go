@@ -124,6 +124,17 @@ type Request struct {
 	// Book, when its Grace is set, makes a refusal keep its word: see
 	// Booking.
 	Book Booking
+	// Transit, when set, is the longest the request may stay on its way
+	// between its release and its Settle or Cancel: the caller streams
+	// its body from a client and cuts it at that bound. Such a request may
+	// be sent at any time in between, so the store counts it, for later
+	// requests, at the latest of those times (up to each one's candidate
+	// slot): the slots and refusal times it names hold even if the request
+	// takes all of its transit. Zero: the request is written at once, and
+	// counts as sent at each decision's time until it is settled. A store
+	// that ignores Transit still never goes over; only the times it names
+	// while such a request is on its way may come early.
+	Transit time.Duration
 }
 
 // Booking makes refusals truthful. A request refused because every limit
