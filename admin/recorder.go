@@ -37,6 +37,7 @@ const (
 	OutcomeShutdown          = "shutdown"           // still waiting at the shutdown deadline: 503
 	OutcomeDenied            = "denied"             // a host without a policy, refused
 	OutcomeBadRequest        = "bad_request"        // not a proxy request
+	OutcomeCapacity          = "capacity"           // a bound of resources reached: 503
 )
 
 // Outcome classifies a record for the metrics.
@@ -52,6 +53,8 @@ func Outcome(r *decision.Record) string {
 		return OutcomeShutdown
 	case decision.Denied:
 		return OutcomeDenied
+	case decision.Capacity:
+		return OutcomeCapacity
 	case decision.Error:
 		switch {
 		case r.StoreFailed:
@@ -111,7 +114,7 @@ func NewRecorder(maxKeys int) *Recorder {
 		keys: keys,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ratelimit_proxy_requests_total",
-			Help: "Requests by upstream (empty: a host without a policy) and decision: forwarded, queued, rejected_locally, queue_full, throttled_upstream, upstream_error, store_error, client_gone, shutdown, denied, bad_request. Each request counts once.",
+			Help: "Requests by upstream (empty: a host without a policy) and decision: forwarded, queued, rejected_locally, queue_full, throttled_upstream, upstream_error, store_error, client_gone, shutdown, denied, bad_request, capacity. Each request counts once.",
 		}, []string{"upstream", "decision"}),
 		connects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ratelimit_proxy_connects_total",

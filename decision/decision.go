@@ -42,6 +42,10 @@ const (
 	// Shutdown: still waiting for its slot at the shutdown deadline,
 	// answered 503.
 	Shutdown = "shutdown"
+	// Capacity: refused because a bound of the proxy's resources was
+	// reached (resources.max_keys, resources.max_tunnels): a 503. Error
+	// names the bound.
+	Capacity = "capacity"
 
 	// Intercept: a CONNECT to a host with a policy, whose TLS the proxy
 	// terminates; its requests are exchanges of their own.

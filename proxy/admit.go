@@ -22,9 +22,10 @@ import (
 // limits, and, when the route is known to fall in an upstream bucket, the
 // bucket's key, which carries only what the upstream taught about it.
 type gate struct {
-	key    string
-	limits []quota.Limit
-	res    quota.Reservation // as admitted; not changed once the request is sent
+	key     string
+	limits  []quota.Limit
+	transit time.Duration     // how long the request may be on its way (a streamed body), or 0
+	res     quota.Reservation // as admitted; not changed once the request is sent
 
 	mu   sync.Mutex
 	end  gateEnd
@@ -112,7 +113,17 @@ func (t upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 // holds, retries or rewrites.
 func (s *Server) roundTrip(req *http.Request, x *exchange) (*http.Response, error) {
 	up := x.up
-	replay := prepareReplay(req, up)
+	replay, streams, err := s.bufferBody(req, x)
+	if err != nil {
+		return nil, err
+	}
+	transit := time.Duration(0)
+	if streams {
+		// The body streams from the client after the release: the request
+		// is on its way until its last byte leaves, which the body's clock
+		// bounds from the release on.
+		transit = time.Duration(s.timeouts.ClientBody) + transitSlack
+	}
 	route := ""
 	if up.buckets.used() {
 		route = req.Method + " " + req.URL.Path
@@ -126,11 +137,11 @@ func (s *Server) roundTrip(req *http.Request, x *exchange) (*http.Response, erro
 		if attempt > 1 {
 			g, ptrs = new([2]gate), new([2]*gate)
 		}
-		g[0] = gate{key: x.id.key, limits: x.id.limits.enforced()}
+		g[0] = gate{key: x.id.key, limits: x.id.limits.enforced(), transit: transit}
 		*ptrs = [2]*gate{&g[0], &g[1]}
 		gates := ptrs[:1]
 		if b := up.buckets.get(route); route != "" && b != "" {
-			g[1] = gate{key: x.id.key + "#" + b}
+			g[1] = gate{key: x.id.key + "#" + b, transit: transit}
 			gates = gates[:2]
 		}
 		if local, err := s.admit(req.Context(), x, gates); local != nil || err != nil {
@@ -138,6 +149,9 @@ func (s *Server) roundTrip(req *http.Request, x *exchange) (*http.Response, erro
 				local.Request = req
 			}
 			return local, err
+		}
+		if c, ok := req.Body.(*bodyClock); ok && streams {
+			c.start() // released: the body's time runs
 		}
 		sentAt, resp, err := s.send(req, x, gates, attempt)
 		if err != nil {
@@ -180,36 +194,6 @@ func (s *Server) roundTrip(req *http.Request, x *exchange) (*http.Response, erro
 	}
 }
 
-// prepareReplay returns a function giving a fresh copy of the request body
-// for each retry, or nil when the request must not be retried.
-func prepareReplay(req *http.Request, up *upstream) func() io.ReadCloser {
-	th := up.throttle
-	if !th.retry || th.maxAttempts < 2 || up.reject {
-		return nil // reject mode never waits, so never retries
-	}
-	if !th.anyMethod && !th.methods[req.Method] && !(th.idemKey && req.Header.Get("Idempotency-Key") != "") {
-		return nil
-	}
-	if req.Body == nil || req.Body == http.NoBody {
-		return func() io.ReadCloser { return http.NoBody }
-	}
-	buf, err := io.ReadAll(io.LimitReader(req.Body, int64(th.maxBody)+1))
-	if err != nil || len(buf) > th.maxBody {
-		// Too large to keep (or unreadable): send what was read, then the
-		// rest, once.
-		req.Body = struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(buf), req.Body), req.Body}
-		return nil
-	}
-	req.Body.Close()
-	replay := func() io.ReadCloser { return io.NopCloser(bytes.NewReader(buf)) }
-	req.Body = replay()
-	req.GetBody = func() (io.ReadCloser, error) { return replay(), nil }
-	return replay
-}
-
 // admit reserves a slot at every gate and waits for it. It returns a local
 // 429 when the request may not wait that long, ctx's error when the client
 // leaves, or an errStore.
@@ -219,6 +203,14 @@ func (s *Server) admit(ctx context.Context, x *exchange, gates []*gate) (*http.R
 	if !up.reject {
 		maxWait = max(up.maxWait-time.Since(x.start), 0)
 	}
+	// Every request in admission counts against resources.max_queued:
+	// beyond it a request may only leave at once (or take a slot booked
+	// for it), as in reject mode, and is refused otherwise.
+	queueFull := false
+	if n := s.admitting.Add(1); n > int64(s.resources.MaxQueued) && maxWait > 0 {
+		queueFull, maxWait = true, 0
+	}
+	defer s.admitting.Add(-1)
 	// A scout makes the others wait one round trip: never in reject mode,
 	// where nothing waits.
 	scout := !up.learn.off && !up.reject
@@ -227,11 +219,17 @@ func (s *Server) admit(ctx context.Context, x *exchange, gates []*gate) (*http.R
 		if i == 0 {
 			req.Book = refusalBooking
 		}
+		req.Transit = g.transit
 		sctx, cancel := s.storeContext(ctx)
 		res, err := s.store.Reserve(sctx, req)
 		cancel()
 		if err != nil {
 			s.cancelGates(gates[:i])
+			var kl *quota.KeyLimitError
+			if errors.As(err, &kl) {
+				s.limits.keys.hit()
+				return s.tooManyKeys(x, kl), nil
+			}
 			return nil, errStore{err}
 		}
 		g.res = res
@@ -239,8 +237,11 @@ func (s *Server) admit(ctx context.Context, x *exchange, gates []*gate) (*http.R
 			s.cancelGates(gates[:i])
 			x.res = res
 			x.decision = decisionRejected
-			if res.QueueFull {
+			if res.QueueFull || queueFull && !res.Held {
 				x.decision = decisionQueueFull
+			}
+			if queueFull && !res.QueueFull {
+				s.limits.queued.hit()
 			}
 			return s.rateLimited(x), nil
 		}
@@ -373,6 +374,9 @@ func (s *Server) send(req *http.Request, x *exchange, gates []*gate, n int) (tim
 	}
 	a.gates = gates
 	resp, err := s.transport.RoundTrip(req)
+	if err == nil {
+		s.watchBody(resp)
+	}
 	if err != nil && neverSent(err) {
 		s.cancelGates(gates)
 	} else {

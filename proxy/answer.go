@@ -205,6 +205,8 @@ func (s *Server) rateLimited(x *exchange) *http.Response {
 	limit, _ := x.id.limits.shownFor(x.res.Binding)
 	msg := "quota of " + x.up.name + " exhausted for this key (" + limit.String() + "); retry after " + itoa(secs) + "s"
 	switch {
+	case x.decision == decisionQueueFull && !x.res.QueueFull:
+		msg = "the proxy holds as many waiting requests as it may (resources.max_queued); retry after " + itoa(secs) + "s"
 	case x.res.QueueFull:
 		msg = "too many requests of this key are already waiting for " + x.up.name + " (max_queue); retry after " + itoa(secs) + "s"
 	case x.res.Held:

@@ -28,7 +28,16 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	action := decision.Intercept
 	reason := "" // why the CONNECT failed or was refused, for the record only
 	var upstreamConn net.Conn
+	release, slot := s.tunnelSlot() // handed to the tunnel's client connection, which gives it back when closed
+	defer func() {
+		if release != nil {
+			release()
+		}
+	}()
 	switch {
+	case !slot:
+		action, reason = decisionCapacity, "resources.max_tunnels reached"
+		refuse(w, http.StatusServiceUnavailable, "TOO_MANY_TUNNELS", "the proxy holds as many tunnels as it may (resources.max_tunnels); retry later")
 	case nested:
 		action, reason, target = decisionDenied, "CONNECT inside an intercepted tunnel", r.Host
 		refuse(w, http.StatusMethodNotAllowed, "CONNECT_IN_TUNNEL", "a CONNECT inside an intercepted tunnel is not allowed")
@@ -97,7 +106,8 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	// Bytes the client sent right after its CONNECT (a TLS ClientHello,
 	// say) may already sit in rw.Reader: clientConn reads them first.
-	client := &clientConn{Conn: conn, buf: rw.Reader, target: target}
+	client := &clientConn{Conn: conn, buf: rw.Reader, target: target, release: release}
+	release = nil
 	if upstreamConn == nil {
 		s.innerLn.push(client)
 		return
@@ -169,8 +179,16 @@ func (s *Server) tunnel(client, upstream net.Conn) {
 // the HTTP server had already buffered, then reads the socket directly.
 type clientConn struct {
 	net.Conn
-	buf    *bufio.Reader
-	target string // the CONNECT authority, host:port
+	buf     *bufio.Reader
+	target  string // the CONNECT authority, host:port
+	release func() // gives the tunnel's slot back
+	once    sync.Once
+}
+
+func (c *clientConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }
 
 func (c *clientConn) Read(p []byte) (int, error) {

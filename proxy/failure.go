@@ -29,6 +29,8 @@ const (
 	// or to one of the proxy's own listeners, not in egress.allow. The
 	// message names the class, never the address.
 	codeEgressDenied = "EGRESS_DENIED"
+	// PROXY_LOOP: the destination is the proxy itself (see conns.go).
+	codeLoop = "PROXY_LOOP"
 )
 
 // failure is one failure class as the client sees it.
@@ -42,6 +44,7 @@ var (
 	failUnreachable = failure{http.StatusBadGateway, codeUnreachable, "the upstream could not be reached"}
 	failTLS         = failure{http.StatusBadGateway, codeTLS, "TLS with the upstream failed (its certificate is not trusted, or the handshake was refused)"}
 	failTimeout     = failure{http.StatusGatewayTimeout, codeTimeout, "the upstream did not answer in time"}
+	failLoop        = failure{http.StatusLoopDetected, codeLoop, "the destination is this proxy itself"}
 )
 
 // classifyFailure names the class of a failed attempt to reach an
@@ -52,6 +55,9 @@ func classifyFailure(err error) failure {
 	if errors.As(err, &ee) {
 		return failure{http.StatusForbidden, codeEgressDenied,
 			"the destination is " + classPhrase(ee.class) + ", which the proxy does not connect to for hosts without an upstream policy (its egress.allow can allow it)"}
+	}
+	if errors.Is(err, errProxyLoop) {
+		return failLoop
 	}
 	var ne net.Error
 	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {

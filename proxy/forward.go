@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
 	"strings"
 	"sync"
+	"time"
 )
 
 // The forwarder. It does what httputil.ReverseProxy does for a forward
@@ -36,7 +38,9 @@ var hopHeaders = [...]string{
 }
 
 // forward sends r upstream, through admission for hosts with a policy, and
-// copies the answer to w.
+// copies the answer to w. A request body must arrive within
+// timeouts.client_body (see bodyClock); the bytes of it the proxy holds
+// are given back to the budget when the exchange ends.
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 	x.first = attempt{s: s, start: x.start}
 	x.first.trace.Got1xxResponse = x.forward1xx
@@ -50,14 +54,25 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 	}
 	if isUpgrade(r.Header) {
 		// ReverseProxy passes 1xx answers on itself: x.w stays nil.
-		s.upgrader.ServeHTTP(w, r.WithContext(context.WithValue(ctx, exchangeKey{}, x)))
+		s.forwardUpgrade(w, r.WithContext(context.WithValue(ctx, exchangeKey{}, x)), x)
 		return
 	}
-	if r.Body != nil {
+	var clock *bodyClock
+	if r.Body != nil && r.Body != http.NoBody {
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		clock = &bodyClock{body: r.Body, limit: time.Duration(s.timeouts.ClientBody), rc: http.NewResponseController(w), cancel: cancel}
+		defer clock.stop() // after the Close below: the clock bounds a read that Close waits for
+		r.Body = clock
 		// The transport may read the body after this handler returned;
 		// closing it here stops that reading in time.
 		defer r.Body.Close()
 	}
+	defer func() {
+		s.buffered.give(x.held)
+		x.held = 0
+	}()
 	x.w = w
 	out := r.WithContext(ctx)
 	out.Header = outgoingHeader(r.Header)
@@ -66,11 +81,20 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 	var resp *http.Response
 	var err error
 	if x.up == nil {
-		resp, err = s.transport.RoundTrip(out)
+		if resp, err = s.transport.RoundTrip(out); err == nil {
+			s.watchBody(resp)
+		}
 	} else {
 		resp, err = s.roundTrip(out, x)
 	}
 	if err != nil {
+		if clock != nil && clock.timedOut() {
+			x.decision, x.err = decisionError, errBodyTimeout.Error()
+			x.status = http.StatusRequestTimeout
+			refuse(w, x.status, "REQUEST_BODY_TIMEOUT", "the request body did not arrive within "+
+				time.Duration(s.timeouts.ClientBody).String()+" (timeouts.client_body)")
+			return
+		}
 		s.forwardError(w, r, x, err)
 		return
 	}
@@ -175,12 +199,27 @@ func (s *Server) copyResponse(w http.ResponseWriter, resp *http.Response, x *exc
 		h["Trailer"] = []string{strings.Join(names, ", ")}
 	}
 	w.WriteHeader(resp.StatusCode)
+	if ub, ok := resp.Body.(*upstreamBody); ok {
+		if f, ok := w.(http.Flusher); ok {
+			ub.flushWhileWaiting(f.Flush) // what the client was given goes on if the body keeps it waiting
+		}
+	}
 
 	err := s.copyBody(w, resp)
 	resp.Body.Close()
 	if err != nil {
+		// A body cut short upstream (reset, idle for upstream_body_idle)
+		// is the proxy's failure to get an answer; one the client did not
+		// take is the client's leaving. Either way the client's connection
+		// is cut: the client never takes a cut body for a whole one.
+		var ue upstreamBodyError
+		if errors.As(err, &ue) {
+			x.decision = decisionError
+		} else {
+			x.decision = decisionClientGone
+		}
 		if x.err == "" {
-			x.err = "copying the response body: " + err.Error()
+			x.err = err.Error()
 		}
 		// The documented way to abort a response: net/http closes the
 		// connection (HTTP/1 without the final chunk) and logs nothing.
@@ -232,7 +271,7 @@ func (s *Server) copyBody(w http.ResponseWriter, resp *http.Response) error {
 			return nil
 		}
 		if rerr != nil {
-			return rerr
+			return upstreamBodyError{rerr}
 		}
 	}
 }

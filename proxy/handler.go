@@ -46,7 +46,8 @@ type exchange struct {
 	throttle    string // the rule that recognised the last upstream throttle
 	status      int
 	err         string
-	storeFailed bool // the quota store failed to decide
+	storeFailed bool  // the quota store failed to decide
+	held        int64 // request body bytes held against resources.max_buffered_bytes
 
 	w http.ResponseWriter // the client's, for 1xx answers; nil on the upgrade path
 

@@ -1,12 +1,34 @@
 package proxy
 
 import (
+	"net/http"
 	"sync"
 	"time"
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/config"
+	"github.com/ratelimit-proxy/ratelimit-proxy/decision"
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
 	"go.uber.org/zap"
 )
+
+// decisionCapacity: a resource bound of the proxy refused the request.
+const decisionCapacity = decision.Capacity
+
+// tooManyKeys answers a request of a new key that the quota store has no
+// room for: 503 with the time at which one of its keys may be empty.
+func (s *Server) tooManyKeys(x *exchange, kl *quota.KeyLimitError) *http.Response {
+	x.decision = decisionCapacity
+	x.err = kl.Error()
+	secs := ceilSeconds(kl.Delay())
+	h := http.Header{}
+	h.Set("Retry-After", itoa(secs))
+	return jsonResponse(http.StatusServiceUnavailable, h, errorBody{Error: errorDetail{
+		Code:              "TOO_MANY_KEYS",
+		Message:           "the proxy holds as many keys as it may (resources.max_keys) and none is free yet; retry after " + itoa(secs) + "s",
+		RetryAfterSeconds: secs,
+		Source:            "proxy",
+	}})
+}
 
 // resourceLogs are the limit logs of the resources section.
 type resourceLogs struct {

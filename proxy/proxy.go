@@ -47,8 +47,12 @@ type Server struct {
 	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
 	egress    *egressGuard // judges the dials of the default dialer
 
-	resources config.Resources
-	limits    resourceLogs
+	resources   config.Resources
+	limits      resourceLogs
+	admitting   atomic.Int64 // requests in admission, waiting ones included (resources.max_queued)
+	buffered    byteBudget   // request body bytes held in memory (resources.max_buffered_bytes)
+	conns       *connLimiter // client connections (resources.max_client_conns)
+	tunnelCount atomic.Int64 // tunnels open (resources.max_tunnels)
 
 	reloadMu       sync.Mutex // one reload at a time
 	reloadsApplied atomic.Uint64
@@ -156,25 +160,23 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		resources:   cfg.Resources,
 	}
 	s.limits = newResourceLogs(log, cfg.Resources)
+	s.buffered.max = cfg.Resources.MaxBufferedBytes
 	ca.limitLeaves(cfg.Resources.MaxLeafCerts, s.limits.leafCerts.hit)
+	s.conns = newConnLimiter(s, cfg.Resources.MaxClientConns)
+	s.dial = s.conns.dialer(dial)
 	s.policy.Store(policy)
 	guard.current = func() *egressPolicy { return s.policy.Load().egress }
 	s.base, s.stopWaiting = context.WithCancelCause(context.Background())
 	if sharer, ok := store.(quota.MarginSharer); ok {
 		go s.syncMargins(s.base, sharer)
 	}
-	s.transport = s.newTransport(cfg, roots, dial)
+	s.transport = s.newTransport(cfg, roots, s.dial)
 	s.buffers = newBuffers()
 	s.upgrader = &httputil.ReverseProxy{
-		Rewrite:    func(*httputil.ProxyRequest) {}, // the URL is already absolute; no X-Forwarded-*
-		Transport:  upstreamTransport{s},
-		BufferPool: bufferPool{s.buffers},
-		ModifyResponse: func(resp *http.Response) error {
-			if x, ok := resp.Request.Context().Value(exchangeKey{}).(*exchange); ok {
-				x.status = resp.StatusCode
-			}
-			return nil
-		},
+		Rewrite:        func(*httputil.ProxyRequest) {}, // the URL is already absolute; no X-Forwarded-*
+		Transport:      upstreamTransport{s},
+		BufferPool:     bufferPool{s.buffers},
+		ModifyResponse: s.modifyUpgradeResponse,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			x, _ := r.Context().Value(exchangeKey{}).(*exchange)
 			if x == nil {
@@ -196,7 +198,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		IdleTimeout:       time.Duration(cfg.Timeouts.ClientIdle),
 		ErrorLog:          errLog,
 		BaseContext:       base,
-		ConnState:         countConns(&s.directConns),
+		ConnState:         s.connState(countConns(&s.directConns), s.conns.setState),
 	}
 	s.innerLn = newConnListener()
 	s.inner = &http.Server{
@@ -207,7 +209,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		ErrorLog:          errLog,
 		BaseContext:       base,
 		ConnContext:       interceptedContext,
-		ConnState:         countConns(&s.interceptedConns),
+		ConnState:         s.connState(countConns(&s.interceptedConns), s.conns.setInnerState),
 	}
 	tlsConfig := &tls.Config{
 		MinVersion: tls.VersionTLS12,
@@ -231,13 +233,14 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 // CA returns the interception CA.
 func (s *Server) CA() *CA { return s.ca }
 
-// Serve accepts proxy connections on ln until Shutdown. It returns
+// Serve accepts proxy connections on ln until Shutdown, at most
+// resources.max_client_conns at a time (see connLimiter). It returns
 // http.ErrServerClosed after Shutdown. The egress guard refuses
 // connections to ln's address, as to the configured listen and admin
 // addresses.
 func (s *Server) Serve(ln net.Listener) error {
 	s.egress.addListener(ln.Addr().String())
-	return s.outer.Serve(ln)
+	return s.outer.Serve(s.conns.listen(ln))
 }
 
 // errShuttingDown is the cause with which Shutdown, at its deadline,
