@@ -53,7 +53,11 @@ func serve(cfg *config.Config, cf *configFlags, stderr io.Writer) error {
 	defer logs.close()
 	log := logs.log
 
-	store := quota.NewMemoryStore(nil)
+	if was := fitClientConns(&cfg.Resources, openFileLimit()); was > 0 {
+		log.Warn("resources.max_client_conns lowered to half the open-file limit",
+			zap.Int("configured", was), zap.Int("max_client_conns", cfg.Resources.MaxClientConns), zap.Uint64("open_file_limit", openFileLimit()))
+	}
+	store := quota.NewMemoryStore(nil, quota.WithMaxKeys(cfg.Resources.MaxKeys))
 	recorder := admin.NewRecorder(0)
 	srv, err := proxy.New(cfg, proxy.Options{Log: log, Store: store, Observers: []decision.Observer{recorder}})
 	if err != nil {
@@ -167,6 +171,7 @@ func reload(srv *proxy.Server, logs *logSink, cf *configFlags, running *config.C
 		if err != nil {
 			return nil, err
 		}
+		fitClientConns(&cfg.Resources, openFileLimit()) // as at start
 		var fields []string
 		if cfg.Listen != running.Listen {
 			fields = append(fields, "listen")
