@@ -172,7 +172,7 @@ func (s *Server) bufferBody(req *http.Request, x *exchange) (replay func() io.Re
 		x.held += n
 		buf.Grow(int(n) + bytes.MinRead)
 		if _, err := buf.ReadFrom(req.Body); err != nil { // to EOF: net/http ends the body at its length
-			return nil, false, err
+			return nil, false, clientBodyError{err}
 		}
 	} else {
 		for {
@@ -187,7 +187,7 @@ func (s *Server) bufferBody(req *http.Request, x *exchange) (replay func() io.Re
 			x.held += chunk
 			m, err := buf.ReadFrom(io.LimitReader(req.Body, chunk))
 			if err != nil {
-				return nil, false, err
+				return nil, false, clientBodyError{err}
 			}
 			if m < chunk {
 				// The body ended (a LimitReader stops early only then).
@@ -319,6 +319,13 @@ func (b *upstreamBody) Close() error {
 	b.mu.Unlock()
 	return b.body.Close()
 }
+
+// clientBodyError is a failure to read the client's request body before
+// admission: the client went away, or sent a body shorter than it said.
+type clientBodyError struct{ err error }
+
+func (e clientBodyError) Error() string { return "reading the request body: " + e.err.Error() }
+func (e clientBodyError) Unwrap() error { return e.err }
 
 // upstreamBodyError is a failure to read the upstream's response body,
 // as opposed to a failure to write it to the client.

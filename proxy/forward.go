@@ -88,14 +88,21 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		resp, err = s.roundTrip(out, x)
 	}
 	if err != nil {
-		if clock != nil && clock.timedOut() {
+		var cbe clientBodyError
+		switch {
+		case clock != nil && clock.timedOut():
 			x.decision, x.err = decisionError, errBodyTimeout.Error()
 			x.status = http.StatusRequestTimeout
 			refuse(w, x.status, "REQUEST_BODY_TIMEOUT", "the request body did not arrive within "+
 				time.Duration(s.timeouts.ClientBody).String()+" (timeouts.client_body)")
-			return
+		case errors.As(err, &cbe):
+			// The client's own failure, before anything was spent.
+			x.decision, x.err = decisionClientGone, cbe.Error()
+			x.status = http.StatusBadRequest
+			refuse(w, x.status, "BAD_REQUEST_BODY", "the request body ended before its announced length")
+		default:
+			s.forwardError(w, r, x, err)
 		}
-		s.forwardError(w, r, x, err)
 		return
 	}
 	x.status = resp.StatusCode

@@ -286,3 +286,29 @@ func TestUpgradedConnectionsHonourTunnelIdle(t *testing.T) {
 		}
 	})
 }
+
+// TestTruncatedBodyNeverReachesTheUpstream: a client that announces a body
+// and leaves half-way through it spends nothing and sends the upstream
+// nothing: the body is read before admission.
+func TestTruncatedBodyNeverReachesTheUpstream(t *testing.T) {
+	runSim(t, func(t *testing.T, s *sim) {
+		rec := s.recorder("upstream.test:80", false)
+		p := s.proxy(simUpstreamYAML(rec.addr(), "limits: [1/1m]\n"))
+		c, err := s.net.Dial(context.Background(), "tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, "POST http://api.test/cut HTTP/1.1\r\nHost: api.test\r\napikey: k\r\nContent-Length: 100\r\n\r\nten bytes!")
+		c.Close()
+		synctest.Wait()
+		if n := len(rec.all()); n != 0 {
+			t.Errorf("the upstream saw %d requests, want none: the body never came whole", n)
+		}
+		if !strings.Contains(p.logs.String(), `"decision":"client_gone"`) {
+			t.Errorf("no client_gone decision logged:\n%s", p.logs)
+		}
+		if err := wantStatus(p.client(), "http://api.test/after", "k", 200); err != nil {
+			t.Errorf("the key's one request per minute after the cut body: %v (the cut body spent it)", err)
+		}
+	})
+}
