@@ -179,7 +179,7 @@ egress:
     - cidrs: [127.0.0.1/32]
       ports: [%s]
 timeouts: {client_body: 2s, upstream_body_idle: 1s, tunnel_idle: 2s, client_header: 2s, client_idle: 5s, idle_conn: 2s, response_header: 5s}
-resources: {max_client_conns: %d, max_tunnels: 12, max_queued: 8, max_buffered_bytes: 131072, max_keys: 400}
+resources: {max_client_conns: %d, max_tunnels: 12, max_queued: 8, max_buffered_bytes: 131072, max_keys: 64}
 upstreams:
   - name: api
     hosts: [api.test]
@@ -396,7 +396,7 @@ func (w *soakWorld) get(ctx context.Context, c *http.Client, rawURL, key, name s
 func (w *soakWorld) do(c *http.Client, req *http.Request, name string) {
 	resp, err := c.Do(req)
 	if err != nil {
-		w.count(name + ":error")
+		w.count(name + ":error(" + errClass(err) + ")")
 		return
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
@@ -528,6 +528,16 @@ func (w *soakWorld) idleFlood(ctx context.Context) {
 		case <-ctx.Done():
 		}
 	}
+}
+
+// errClass names an error by its end: "EOF", "connection reset by peer",
+// "context deadline exceeded".
+func errClass(err error) string {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, ": "); i >= 0 {
+		msg = msg[i+2:]
+	}
+	return msg
 }
 
 func isTimeout(err error) bool {
