@@ -410,7 +410,14 @@ func TestConnectToTheProxyItselfOverTCP(t *testing.T) {
 // connection: no tunnel nests in another.
 func TestProxyLoopUnderAnotherNameIsClosed(t *testing.T) {
 	runSim(t, func(t *testing.T, s *sim) {
-		p := s.proxy(simUpstreamYAML("upstream.test:80", ""))
+		// The proxy accepts the connection before its own dial returns,
+		// as it may on a real network.
+		slowDial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := s.net.Dial(ctx, network, addr)
+			time.Sleep(time.Millisecond)
+			return c, err
+		}
+		p := s.proxyDial(simUpstreamYAML("upstream.test:80", ""), quota.NewMemoryStore(nil), slowDial)
 		go p.srv.Serve(hiddenListener{s.net.Listen("hidden.test:81")})
 		resp, c, br := connect(t, s, p.addr, "hidden.test:81")
 		if resp.StatusCode != 200 {

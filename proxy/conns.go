@@ -29,7 +29,7 @@ import (
 // it) is refused with 508 PROXY_LOOP, and a client connection that is one
 // of the proxy's own outgoing connections seen from the other end (a
 // listener whose address the proxy does not know, such as a socket handed
-// over by a supervisor) is closed at once.
+// over by a supervisor) is closed when its first bytes come.
 
 // errProxyLoop: the proxy dialled itself.
 var errProxyLoop = errors.New("the destination is this proxy itself")
@@ -136,10 +136,6 @@ func (ln *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if ln.l.isOwn(c) {
-			c.Close()
-			continue
-		}
 		if tc := ln.l.admit(c); tc != nil {
 			return tc, nil
 		}
@@ -225,7 +221,7 @@ func (l *connLimiter) mark(tc *trackedConn, st http.ConnState) {
 // listeners is refused with errProxyLoop, and the addresses of every other
 // are remembered until it closes: a client connection with the same two
 // addresses, seen from the other end, is the proxy's own (see
-// limitListener.Accept). Both addresses, since a local port may serve
+// trackedConn.Read). Both addresses, since a local port may serve
 // connections to different peers at once.
 func (l *connLimiter) dialer(dial func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
