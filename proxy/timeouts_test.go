@@ -77,8 +77,9 @@ func TestSlowBodyHoldsNoSlot(t *testing.T) {
 		p := s.proxy(simUpstreamYAML(rec.addr(), "limits: [1/1s]\nwindow_margin: 10ms\n"))
 		c := p.client()
 		slow := make(chan error, 1)
+		body := slowBody(t, 11, 2*time.Second)
 		go func() {
-			a, err := post(c, "http://api.test/slow", "k", slowBody(t, 11, 2*time.Second), 11)
+			a, err := post(c, "http://api.test/slow", "k", body, 11)
 			if err == nil && a.code != 200 {
 				err = fmt.Errorf("slow POST: status %d %s", a.code, a.body)
 			}
@@ -149,8 +150,9 @@ func TestStreamedSlowBodyKeepsRetryAfterTrue(t *testing.T) {
 			"limits: [1/1s]\nmode: reject\nwindow_margin: 10ms\nthrottle: {retry: {max_body: 4}}\n"))
 		c := p.client()
 		slow := make(chan answer, 1)
+		slowIn := slowBody(t, 11, 2*time.Second)
 		go func() {
-			a, _ := post(c, "http://api.test/slow", "k", slowBody(t, 11, 2*time.Second), 11)
+			a, _ := post(c, "http://api.test/slow", "k", slowIn, 11)
 			slow <- a
 		}()
 		synctest.Wait()
