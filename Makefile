@@ -16,13 +16,13 @@ test: deps vet
 	$(MAKE) bench-smoke
 
 ## deps: the one install step (scripts/deps.sh): the Debian packages the tests
-## (curl, chromium for the status page) and the benchmark peers need, installed
-## with apt-get when missing (as root or through sudo), and the npm SDKs of the
-## SDK tests (npm ci in proxy/testdata/sdk). NO_INSTALL=1 installs nothing and
-## says what is skipped.
+## (curl, chromium for the status page, redis-server and redis-cli) and the
+## benchmark peers need, installed with apt-get when missing (as root or through
+## sudo), and the npm SDKs of the SDK tests (npm ci in proxy/testdata/sdk).
+## NO_INSTALL=1 installs nothing and says what is skipped.
 deps:
 	@command -v $(GO) >/dev/null 2>&1 || { echo "Go is required: https://go.dev/dl/"; exit 1; }
-	bash scripts/deps.sh test browser bench sdk
+	bash scripts/deps.sh test browser redis bench sdk
 
 vet:
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); \

@@ -2,7 +2,7 @@
 # The one install step of ratelimit-proxy: what `make test`, `make bench` and
 # CI need beyond Go, installed from Debian's packages when missing.
 #
-#   bash scripts/deps.sh GROUP...       # groups: test, browser, bench, sdk (default: test browser bench)
+#   bash scripts/deps.sh GROUP...       # groups: test, browser, redis, bench, sdk (default: test browser redis bench)
 #
 # Each group lists the commands it needs and the Debian package that brings
 # each one. Only what is missing is installed, with `apt-get install` (as root,
@@ -33,6 +33,12 @@ need_test() {
 # The status page test loads the admin page in headless Chromium.
 need_browser() {
   echo "chromium chromium"
+}
+# redis: the Redis store's tests start their own redis-server (and a
+# three-node Redis Cluster with redis-cli) on loopback ports.
+need_redis() {
+  echo "redis-server redis-server"
+  echo "redis-cli redis-tools"
 }
 need_bench() {
   echo "wrk wrk"
@@ -90,13 +96,13 @@ after() {
 }
 
 groups=("$@")
-((${#groups[@]})) || groups=(test browser bench)
+((${#groups[@]})) || groups=(test browser redis bench)
 
 missing_cmds=()
 missing_pkgs=()
 for g in "${groups[@]}"; do
   if ! declare -F "need_$g" >/dev/null; then
-    say "unknown group \"$g\" (known: test, browser, bench, sdk)"
+    say "unknown group \"$g\" (known: test, browser, redis, bench, sdk)"
     exit 2
   fi
   while read -r cmd pkg; do

@@ -14,13 +14,15 @@ import (
 
 // packageCommands is what each Debian package brings, for the stub.
 var packageCommands = map[string][]string{
-	"curl":        {"curl"},
-	"wrk":         {"wrk"},
-	"nginx-light": {"nginx"},
-	"tinyproxy":   {"tinyproxy"},
-	"mitmproxy":   {"mitmdump"},
-	"nodejs":      {"node"},
-	"npm":         {"npm"},
+	"curl":         {"curl"},
+	"redis-server": {"redis-server"},
+	"redis-tools":  {"redis-cli"},
+	"wrk":          {"wrk"},
+	"nginx-light":  {"nginx"},
+	"tinyproxy":    {"tinyproxy"},
+	"mitmproxy":    {"mitmdump"},
+	"nodejs":       {"node"},
+	"npm":          {"npm"},
 	// A module of Debian's Python: the stub python3 finds it by this file.
 	"python3-requests": {"python3-requests.module"},
 }
@@ -137,26 +139,26 @@ func TestDepsInstallsEveryMissingPackageAndChecksTheResult(t *testing.T) {
 		t.Skip("the install path runs apt-get directly only as root; otherwise through sudo")
 	}
 	sb := newSandbox(t, "", true)
-	code, out := sb.run(t, nil, "test", "bench")
+	code, out := sb.run(t, nil, "test", "redis", "bench")
 	if code != 0 {
 		t.Fatalf("exit %d, want 0:\n%s", code, out)
 	}
 	calls := sb.aptCalls(t)
-	want := []string{"update -qq", "install -y -qq --no-install-recommends curl wrk nginx-light tinyproxy mitmproxy"}
+	want := []string{"update -qq", "install -y -qq --no-install-recommends curl redis-server redis-tools wrk nginx-light tinyproxy mitmproxy"}
 	if strings.Join(calls, "\n") != strings.Join(want, "\n") {
 		t.Errorf("apt-get calls:\n%s\nwant:\n%s", strings.Join(calls, "\n"), strings.Join(want, "\n"))
 	}
-	for _, c := range []string{"curl", "wrk", "nginx", "tinyproxy", "mitmdump"} {
+	for _, c := range []string{"curl", "redis-server", "redis-cli", "wrk", "nginx", "tinyproxy", "mitmdump"} {
 		if !sb.has(c) {
 			t.Errorf("%s was not installed", c)
 		}
 	}
-	if !strings.Contains(out, "installing with apt-get: curl wrk nginx-light tinyproxy mitmproxy") {
+	if !strings.Contains(out, "installing with apt-get: curl redis-server redis-tools wrk nginx-light tinyproxy mitmproxy") {
 		t.Errorf("the output does not say what it installs:\n%s", out)
 	}
 
 	// Run again: everything is there now, nothing is installed.
-	code, out = sb.run(t, nil, "test", "bench")
+	code, out = sb.run(t, nil, "test", "redis", "bench")
 	if code != 0 || len(sb.aptCalls(t)) != 2 {
 		t.Errorf("second run: exit %d, %d apt-get calls in all (want 0 and 2):\n%s", code, len(sb.aptCalls(t)), out)
 	}
