@@ -1,0 +1,702 @@
+-- key.lua: the decisions of quota/key.go on one key, in Redis. Every script
+-- of the store is this file followed by one entry (reserve.lua, ...). Times
+-- are microseconds since the Unix epoch (exact in Lua's doubles until the
+-- year 2255); the steps, their order and their names follow key.go, so that
+-- the two make the same decisions.
+--
+-- KEYS[1] is the key's hash (scalars, open entries, bucket logs, what the
+-- upstream taught), KEYS[2] the ring of its latest send times (8 bytes each,
+-- read and written in place with GETRANGE/SETRANGE), both under one hash tag.
+-- ARGV[1] is "now" (empty: Redis TIME), ARGV[2] the operations the caller
+-- queued for the key (settles, observations), applied first, in order.
+
+local NOTIME = -4611686018427387904 -- -2^62: "no such time"
+local EXACT = 4096                  -- quota.ExactCount
+local SLOTS = 256                   -- quota.BucketSlots
+local MIN_HISTORY = 64
+local STALE = 600000000             -- staleOnItsWay: 10m
+local REFUSAL_WAIT = 1000000        -- 1s
+local PROBE_TIMEOUT = 30000000      -- quota.ProbeTimeout
+local RECENT = 10000000             -- recentSends: 10s
+local SECOND = 1000000
+local TTL_SLACK_MS = 60000          -- every key outlives what it needs by a minute
+local QUEUED, BOOKING, ONWAY = 0, 1, 2
+
+local MK, RK = KEYS[1], KEYS[2]
+local K          -- the key's state, loaded by load()
+local t          -- the store's time of this call
+local woke = 0   -- 1 when waiters were told to look again
+
+local function num(x) return string.format('%.0f', x) end
+
+-- floorDiv is exact on doubles holding integers (a / b may round up).
+local function floorDiv(a, b)
+  local r = math.fmod(a, b)
+  if r < 0 then r = r + b end
+  return (a - r) / b
+end
+
+-- ---------------------------------------------------------------- the ring
+-- The send times, ascending, logical index 0 the oldest: physical slot
+-- (K.rh + i) % K.hc of the string at RK.
+
+local function rphys(i) return (K.rh + i) % K.hc end
+
+local function rget(i)
+  local p = rphys(i)
+  return (struct.unpack('>d', redis.call('GETRANGE', RK, p * 8, p * 8 + 7)))
+end
+
+-- rread returns the bytes of logical [i, j).
+local function rread(i, j)
+  if j <= i then return '' end
+  local p, n = rphys(i), j - i
+  if p + n <= K.hc then
+    return redis.call('GETRANGE', RK, p * 8, (p + n) * 8 - 1)
+  end
+  local first = K.hc - p
+  return redis.call('GETRANGE', RK, p * 8, K.hc * 8 - 1) .. redis.call('GETRANGE', RK, 0, (n - first) * 8 - 1)
+end
+
+-- rwrite writes bytes (8 per time) from logical index i on.
+local function rwrite(i, bytes)
+  local n = #bytes / 8
+  if n == 0 then return end
+  local p = rphys(i)
+  local first = math.min(n, K.hc - p)
+  redis.call('SETRANGE', RK, p * 8, string.sub(bytes, 1, first * 8))
+  if n > first then
+    redis.call('SETRANGE', RK, 0, string.sub(bytes, first * 8 + 1))
+  end
+end
+
+local function pack(x) return struct.pack('>d', x) end
+
+-- rinsert puts x at logical index i (the ring has room).
+local function rinsert(i, x)
+  rwrite(i, pack(x) .. rread(i, K.rn))
+  K.rn = K.rn + 1
+end
+
+local function rdelete(i)
+  rwrite(i, rread(i + 1, K.rn))
+  K.rn = K.rn - 1
+end
+
+local function rdropFront(n)
+  K.rh = (K.rh + n) % K.hc
+  K.rn = K.rn - n
+  if K.rn == 0 then K.rh = 0 end
+end
+
+-- upperBound: the first index whose time is > x; lowerBound: >= x.
+local function upperBound(x)
+  local n = K.rn
+  if n == 0 or rget(n - 1) <= x then return n end
+  local lo, hi = 0, n - 1
+  while lo < hi do
+    local m = math.floor((lo + hi) / 2)
+    if rget(m) > x then hi = m else lo = m + 1 end
+  end
+  return lo
+end
+
+local function lowerBound(x)
+  local n = K.rn
+  if n == 0 or rget(n - 1) < x then return n end
+  local lo, hi = 0, n - 1
+  while lo < hi do
+    local m = math.floor((lo + hi) / 2)
+    if rget(m) >= x then hi = m else lo = m + 1 end
+  end
+  return lo
+end
+
+-- rgrow gives the ring room for cap times, keeping what it holds.
+local function rgrow(cap)
+  if cap <= K.hc then return end
+  local all = rread(0, K.rn)
+  if #all > 0 then redis.call('SET', RK, all) else redis.call('DEL', RK) end
+  K.rh, K.hc = 0, cap
+end
+
+-- --------------------------------------------------------------- buckets
+-- A bucket log: {window, width, total, slots = {index, count, index, ...}}.
+
+local function newBucketLog(window)
+  return {window = window, width = floorDiv(window + SLOTS - 1, SLOTS), total = 0, slots = {}}
+end
+
+local function bfind(b, j) -- the first pair whose index is >= j (1-based pair number)
+  local s = b.slots
+  local lo, hi = 1, #s / 2 + 1
+  while lo < hi do
+    local m = math.floor((lo + hi) / 2)
+    if s[2 * m - 1] >= j then hi = m else lo = m + 1 end
+  end
+  return lo
+end
+
+local function badd(b, x, delta)
+  local j = floorDiv(x, b.width)
+  local s = b.slots
+  local n = #s / 2
+  local i
+  if n > 0 and s[2 * n - 1] == j then i = n else i = bfind(b, j) end
+  if i <= n and s[2 * i - 1] == j then
+    local c = s[2 * i] + delta
+    if c <= 0 then
+      b.total = b.total - s[2 * i]
+      table.remove(s, 2 * i)
+      table.remove(s, 2 * i - 1)
+    else
+      s[2 * i] = c
+      b.total = b.total + delta
+    end
+    return
+  end
+  if delta > 0 then
+    table.insert(s, 2 * i - 1, delta)
+    table.insert(s, 2 * i - 1, j)
+    b.total = b.total + delta
+  end
+end
+
+local function btrim(b, now)
+  local j0 = floorDiv(now - b.window, b.width)
+  local s = b.slots
+  local i = bfind(b, j0)
+  if i > 1 then
+    local kept, drop = {}, 0
+    for p = 1, 2 * (i - 1), 2 do drop = drop + s[p + 1] end
+    for p = 2 * i - 1, #s do kept[#kept + 1] = s[p] end
+    b.slots, b.total = kept, b.total - drop
+  end
+end
+
+-- bearliest: the earliest time from c at which the window then holds fewer
+-- than room counted sends (bucketLog.earliest). With the total below room,
+-- no slot can reach it: the scan is skipped.
+local function bearliest(b, room, c)
+  if b.total <= room - 1 then return 0, false end
+  local j0 = floorDiv(c - b.window, b.width)
+  local s = b.slots
+  local sum = 0
+  for p = #s - 1, 1, -2 do
+    if s[p] < j0 then break end
+    if sum + s[p + 1] > room - 1 then
+      return (s[p] + 1) * b.width + b.window, true
+    end
+    sum = sum + s[p + 1]
+  end
+  return 0, false
+end
+
+local function bcountFrom(b, from)
+  local s, n = b.slots, 0
+  for p = 1, #s, 2 do
+    if (s[p] + 1) * b.width > from then n = n + s[p + 1] end
+  end
+  return n
+end
+
+local function bcountEndingBy(b, from, to)
+  local s, n = b.slots, 0
+  for p = 1, #s, 2 do
+    if s[p] * b.width >= from and (s[p] + 1) * b.width <= to then n = n + s[p + 1] end
+  end
+  return n
+end
+
+-- ------------------------------------------------------------ load, save
+
+local function emptyKey()
+  return {hc = MIN_HISTORY, cm = NOTIME, mw = 0, rh = 0, rn = 0, id = 0, lt = NOTIME,
+          open = {}, buckets = {}, tg = nil, exists = false}
+end
+
+-- load reads the key; K.exists is false when Redis holds nothing of it.
+local function load()
+  local h = redis.call('HGETALL', MK)
+  K = emptyKey()
+  if #h == 0 then return end
+  K.exists = true
+  local f = {}
+  for i = 1, #h, 2 do f[h[i]] = h[i + 1] end
+  K.hc, K.cm, K.mw = tonumber(f.hc), tonumber(f.cm), tonumber(f.mw)
+  K.rh, K.rn, K.id, K.lt = tonumber(f.rh), tonumber(f.rn), tonumber(f.id), tonumber(f.lt)
+  if f.o then
+    local flat = cmsgpack.unpack(f.o)
+    for p = 1, #flat, 5 do
+      K.open[#K.open + 1] = {at = flat[p], id = flat[p + 1], from = flat[p + 2], expires = flat[p + 3], state = flat[p + 4]}
+    end
+  end
+  if f.b then
+    for _, v in ipairs(cmsgpack.unpack(f.b)) do
+      K.buckets[#K.buckets + 1] = {window = v[1], width = v[2], total = v[3], slots = v[4]}
+    end
+  end
+  if f.tg then
+    local v = cmsgpack.unpack(f.tg)
+    K.tg = {holdUntil = v[1], probing = v[2] == 1, probeID = v[3], probeAt = v[4], budget = v[5],
+            budgetUntil = v[6], budgetFrom = v[7], informed = v[8] == 1, learnedUntil = v[9],
+            replace = v[10] == 1, waiters = v[11], learned = {}}
+    for p = 12, #v, 2 do K.tg.learned[#K.tg.learned + 1] = {count = v[p], window = v[p + 1]} end
+  end
+end
+
+local function b2n(b) if b then return 1 else return 0 end end
+
+-- save writes the key back with a TTL that outlives everything a later
+-- decision could need: its longest window, its open entries, its holds,
+-- budget and learned windows.
+local function save()
+  local horizon = t + math.max(K.mw, RECENT)
+  local flat = {}
+  for _, e in ipairs(K.open) do
+    flat[#flat + 1], flat[#flat + 2], flat[#flat + 3], flat[#flat + 4], flat[#flat + 5] = e.at, e.id, e.from, e.expires, e.state
+    if e.state == BOOKING then horizon = math.max(horizon, e.expires)
+    elseif e.state == ONWAY then horizon = math.max(horizon, e.expires + STALE)
+    else horizon = math.max(horizon, e.at + STALE) end
+  end
+  local fields = {'hc', num(K.hc), 'cm', num(K.cm), 'mw', num(K.mw), 'rh', num(K.rh), 'rn', num(K.rn),
+                  'id', num(K.id), 'lt', num(K.lt)}
+  local del = {}
+  if #flat > 0 then
+    fields[#fields + 1], fields[#fields + 2] = 'o', cmsgpack.pack(flat)
+  else
+    del[#del + 1] = 'o'
+  end
+  if #K.buckets > 0 then
+    local bs = {}
+    for _, b in ipairs(K.buckets) do bs[#bs + 1] = {b.window, b.width, b.total, b.slots} end
+    fields[#fields + 1], fields[#fields + 2] = 'b', cmsgpack.pack(bs)
+  end
+  local tg = K.tg
+  if tg then
+    local v = {tg.holdUntil, b2n(tg.probing), tg.probeID, tg.probeAt, tg.budget, tg.budgetUntil, tg.budgetFrom,
+               b2n(tg.informed), tg.learnedUntil, b2n(tg.replace), tg.waiters}
+    for _, l in ipairs(tg.learned) do v[#v + 1], v[#v + 2] = l.count, l.window end
+    fields[#fields + 1], fields[#fields + 2] = 'tg', cmsgpack.pack(v)
+    horizon = math.max(horizon, tg.holdUntil + PROBE_TIMEOUT, tg.budgetUntil, tg.learnedUntil)
+  end
+  redis.call('HSET', MK, unpack(fields))
+  if #del > 0 then redis.call('HDEL', MK, unpack(del)) end
+  local ttl = math.ceil((horizon - t) / 1000) + TTL_SLACK_MS
+  redis.call('PEXPIRE', MK, ttl)
+  if K.rn > 0 then redis.call('PEXPIRE', RK, ttl) end
+end
+
+-- clock sets t: the caller's "now" (a test clock), or Redis TIME, never
+-- earlier than a time this key already saw.
+local function clock()
+  if ARGV[1] ~= '' then
+    t = tonumber(ARGV[1])
+    return
+  end
+  local tm = redis.call('TIME')
+  t = tonumber(tm[1]) * SECOND + tonumber(tm[2])
+  if K.lt ~= NOTIME and t < K.lt then t = K.lt end
+  K.lt = t
+end
+
+-- parseLimits reads "COUNT WINDOW COUNT WINDOW ...".
+local function parseLimits(s)
+  local ls, v = {}, {}
+  for w in string.gmatch(s, '%S+') do v[#v + 1] = tonumber(w) end
+  for p = 1, #v, 2 do ls[#ls + 1] = {count = v[p], window = v[p + 1]} end
+  return ls
+end
+
+-- ------------------------------------------------------------- key state
+
+local function teach()
+  if not K.tg then
+    K.tg = {holdUntil = 0, probing = false, probeID = 0, probeAt = 0, budget = 0, budgetUntil = 0,
+            budgetFrom = NOTIME, informed = false, learned = {}, learnedUntil = 0, replace = false, waiters = 0}
+  end
+  return K.tg
+end
+
+local function limitsAt(req, now)
+  local tg = K.tg
+  if not tg or #tg.learned == 0 or now >= tg.learnedUntil then return req end
+  if tg.replace then return tg.learned end
+  local out = {}
+  for _, l in ipairs(req) do out[#out + 1] = l end
+  for _, l in ipairs(tg.learned) do out[#out + 1] = l end
+  return out
+end
+
+local function bucketsFor(window)
+  for _, b in ipairs(K.buckets) do
+    if b.window == window then return b end
+  end
+  return nil
+end
+
+local function track(limits, now)
+  local cap = K.hc
+  for _, l in ipairs(limits) do
+    local w = l.window
+    K.mw = math.max(K.mw, w)
+    if l.count <= EXACT then
+      cap = math.max(cap, l.count)
+    elseif not bucketsFor(w) then
+      local b = newBucketLog(w)
+      local from = upperBound(now - w)
+      local bytes = rread(from, K.rn)
+      for p = 1, #bytes, 8 do badd(b, (struct.unpack('>d', bytes, p)), 1) end
+      K.buckets[#K.buckets + 1] = b
+    end
+  end
+  rgrow(cap)
+end
+
+-- expire drops the bookings that lapsed and the requests on their way for
+-- too long; in Redis also queued requests STALE past their slot (a replica
+-- that died with requests queued never releases nor cancels them).
+local function expire(now)
+  local kept = {}
+  for _, e in ipairs(K.open) do
+    local drop = (e.state == BOOKING and now >= e.expires) or (e.state == ONWAY and now - e.expires >= STALE)
+      or (e.state == QUEUED and now - e.at >= STALE)
+    if not drop then kept[#kept + 1] = e end
+  end
+  K.open = kept
+end
+
+-- atMost counts the open entries whose slot is <= c (they are in slot order).
+local function atMost(c)
+  local es = K.open
+  local lo, hi = 1, #es + 1
+  while lo < hi do
+    local m = math.floor((lo + hi) / 2)
+    if es[m].at > c then hi = m else lo = m + 1 end
+  end
+  return lo - 1
+end
+
+local function find(at, id)
+  local es = K.open
+  local lo, hi = 1, #es + 1
+  while lo < hi do
+    local m = math.floor((lo + hi) / 2)
+    if es[m].at >= at then hi = m else lo = m + 1 end
+  end
+  for i = lo, #es do
+    if es[i].at ~= at then break end
+    if es[i].id == id then return i end
+  end
+  return 0
+end
+
+local function insertOpen(e)
+  local i = atMost(e.at) + 1
+  table.insert(K.open, i, e)
+  return i
+end
+
+local function moveOpen(i, at)
+  local e = table.remove(K.open, i)
+  e.at = at
+  return insertOpen(e)
+end
+
+-- nthLatest (1-based skip, 0 for none): see key.go.
+local function nthLatest(n, c, now, skip)
+  local es = K.open
+  local hi = atMost(c)
+  local lo = math.min(atMost(now), hi)
+  local future = hi - lo
+  if skip > lo and skip <= hi then future = future - 1 end
+  if n <= future then
+    local j = hi - n + 1
+    if skip >= j and skip <= hi then j = j - 1 end
+    return es[j].at, true
+  end
+  local due = lo
+  if skip >= 1 and skip <= lo then due = due - 1 end
+  if n <= future + due then return now, true end
+  local r = n - future - due
+  if r <= K.rn then return rget(K.rn - r), true end
+  return 0, false
+end
+
+local function openUpTo(c, skip)
+  local hi = atMost(c)
+  if skip >= 1 and skip <= hi then hi = hi - 1 end
+  return hi
+end
+
+local function free(l, c, now, skip)
+  local w = l.window
+  if l.count <= EXACT then
+    local nth, ok = nthLatest(l.count, c, now, skip)
+    return nth + w, ok
+  end
+  local u = openUpTo(c, skip)
+  if u >= l.count then
+    local nth, ok = nthLatest(l.count, c, now, skip)
+    return nth + w, ok
+  end
+  local b = bucketsFor(w)
+  if b then return bearliest(b, l.count - u, c) end
+  return 0, false
+end
+
+local function holdGate(c)
+  local tg = K.tg
+  if tg and c < tg.holdUntil then return tg.holdUntil end
+  return c
+end
+
+local function waitGate(c, now, id, scout)
+  local tg = K.tg
+  if scout then
+    if tg and tg.budgetUntil > 0 and now >= tg.budgetUntil then
+      tg.informed, tg.budgetUntil, tg.budgetFrom = false, 0, NOTIME
+    end
+    if not tg or (not tg.informed and not tg.probing) then
+      tg = teach()
+      tg.probing, tg.probeID = true, 0
+    end
+  end
+  if not tg then return c end
+  if tg.probing and tg.probeID ~= 0 and tg.probeID ~= id and now - tg.probeAt < PROBE_TIMEOUT then
+    return math.max(c, tg.probeAt + PROBE_TIMEOUT)
+  end
+  if c < tg.budgetUntil and tg.budget <= 0 then return tg.budgetUntil end
+  return c
+end
+
+local NOLIMIT = {count = 0, window = 0}
+
+-- earliest: see key.go. Returns slot, at, binding, held, wakeable.
+local function earliest(limits, cand, now, skip, id, scout)
+  for _ = 1, 1 + #K.open + 2 * SLOTS do
+    local nxt = math.max(cand, holdGate(cand))
+    for _, l in ipairs(limits) do
+      local f, ok = free(l, cand, now, skip)
+      if ok then nxt = math.max(nxt, f) end
+    end
+    if nxt == cand then break end
+    cand = nxt
+  end
+  local slot, binding, held, wakeable = cand, NOLIMIT, false, false
+  if slot > now then
+    local best = NOTIME
+    for _, l in ipairs(limits) do
+      local f, ok = free(l, slot, now, skip)
+      if ok and (f > best or (f == best and l.window > binding.window)) then best, binding = f, l end
+    end
+    local tg = K.tg
+    if tg and tg.holdUntil == slot and best < slot then binding, held = NOLIMIT, true end
+  end
+  local at = slot
+  local w = waitGate(slot, now, id, scout)
+  if w > slot then at, binding, held, wakeable = w, NOLIMIT, true, true end
+  return slot, at, binding, held, wakeable
+end
+
+-- release marks open entry i as on its way; it reports whether it probes.
+local function release(i, now)
+  local e = K.open[i]
+  e.state, e.expires = ONWAY, now
+  local tg = K.tg
+  if not tg then return false end
+  local probe = false
+  if tg.probing and (tg.probeID == 0 or now - tg.probeAt >= PROBE_TIMEOUT) then
+    tg.probeID, tg.probeAt = e.id, now
+    probe = true
+  end
+  if now < tg.budgetUntil then tg.budget = tg.budget - 1 end
+  return probe
+end
+
+-- wakeWaiters tells the waiters of the key, on every replica, to look
+-- again: the channel PREFIX:vN:wake, the key's tag as the message.
+local function wakeWaiters()
+  local tg = K.tg
+  if tg and tg.waiters == 1 then
+    tg.waiters = 0
+    woke = 1
+    local base, tag = string.match(MK, '^(.*):{(.-)}:m$')
+    redis.call('PUBLISH', base .. ':wake', tag)
+  end
+end
+
+-- wakeChan: a waiter was handed a Wake.
+local function wakeChan() teach().waiters = 1 end
+
+local function waiting()
+  local n = 0
+  for _, e in ipairs(K.open) do
+    if e.state ~= ONWAY then n = n + 1 end
+  end
+  return n
+end
+
+local function lastBooked()
+  for i = #K.open, 1, -1 do
+    if K.open[i].state ~= ONWAY then return K.open[i].at end
+  end
+  return NOTIME
+end
+
+local function takeBooking(now)
+  for i, e in ipairs(K.open) do
+    if e.state == BOOKING and e.from <= now then return i end
+  end
+  return 0
+end
+
+local function addSent(x)
+  for _, b in ipairs(K.buckets) do badd(b, x, 1) end
+  local i = upperBound(x)
+  if K.rn >= K.hc then
+    if i == 0 then
+      K.cm = math.max(K.cm, x + 1)
+      return
+    end
+    K.cm = math.max(K.cm, rget(0) + 1)
+    rdropFront(1)
+    rinsert(i - 1, x)
+    return
+  end
+  rinsert(i, x)
+end
+
+local function moveSent(prev, x)
+  for _, b in ipairs(K.buckets) do
+    badd(b, prev, -1)
+    badd(b, x, 1)
+  end
+  local i = lowerBound(prev)
+  if i < K.rn and rget(i) == prev then
+    rdelete(i)
+    rinsert(upperBound(x), x)
+  end
+end
+
+local function prune(now)
+  local keep = now - math.max(K.mw, RECENT)
+  local tg = K.tg
+  if tg and now < tg.budgetUntil and tg.budgetFrom ~= NOTIME then keep = math.min(keep, tg.budgetFrom) end
+  if K.rn > 0 and rget(0) <= keep then
+    local i = upperBound(keep)
+    K.cm = math.max(K.cm, rget(i - 1) + 1)
+    rdropFront(i)
+  end
+  for _, b in ipairs(K.buckets) do btrim(b, now) end
+end
+
+local function sentIn(from, sentAt, now)
+  if from == NOTIME then return 0, 0, false end
+  if K.cm <= from then
+    local lo = lowerBound(from)
+    local mid = upperBound(sentAt)
+    return K.rn - lo, math.max(mid - lo, 0), true
+  end
+  for _, b in ipairs(K.buckets) do
+    if b.window >= now - from then return bcountFrom(b, from), bcountEndingBy(b, from, sentAt), true end
+  end
+  return 0, 0, false
+end
+
+local function observe(o, now, sentAt, untilT, from)
+  local tg = teach()
+  if from == NOTIME and tg.budgetUntil > 0 and tg.budgetUntil <= now then from = tg.budgetUntil end
+  local onWay, onWayBefore = 0, 0
+  for _, e in ipairs(K.open) do
+    if e.state == ONWAY then
+      onWay = onWay + 1
+      if e.expires <= sentAt then onWayBefore = onWayBefore + 1 end
+    end
+  end
+  local budget
+  local sent, counted, known = sentIn(from, sentAt, now)
+  sent, counted = sent + onWay, counted + onWayBefore
+  local reserve = 0
+  if o.limit > 0 then reserve = math.ceil(o.reserve * o.limit) end
+  if known and o.limit > 0 and o.limit - o.remaining <= sent then
+    budget = o.limit - sent
+  elseif known then
+    budget = o.remaining - (sent - counted) - reserve
+  else
+    local after = onWay - onWayBefore
+    after = after + K.rn - upperBound(sentAt)
+    budget = o.remaining - after - reserve
+  end
+  tg.informed = true
+  if now >= tg.budgetUntil or untilT > tg.budgetUntil + SECOND then
+    tg.budget, tg.budgetUntil, tg.budgetFrom = budget, untilT, from
+  else
+    tg.budget = math.min(tg.budget, budget)
+  end
+  wakeWaiters()
+end
+
+-- ------------------------------------------------------------ operations
+-- Queued by the caller, applied before the decision, in order:
+--   S SLOT ID X                      settle: the request left at X
+--   M PREV X                         settled again later: move PREV to X
+--   O SENTAT LIMIT REMAINING RESETAT PERIOD RESERVE KEEPFOR REPLACE [COUNT WINDOW]...
+--                                    observe (RESETAT 0: none)
+
+local function applySettle(slot, id, x)
+  if not K.exists then return end
+  local i = find(slot, id)
+  if i == 0 then return end
+  x = math.max(x, K.open[i].at)
+  table.remove(K.open, i)
+  addSent(x)
+end
+
+local function applyMove(prev, x)
+  if not K.exists then return end
+  moveSent(prev, x)
+end
+
+local function applyObserve(v)
+  local o = {sentAt = v[1], limit = v[2], remaining = v[3], resetAt = v[4], period = v[5], reserve = v[6],
+             keepFor = v[7], replace = v[8] == 1, limits = {}}
+  for p = 9, #v, 2 do o.limits[#o.limits + 1] = {count = v[p], window = v[p + 1]} end
+  K.exists = true
+  if #o.limits > 0 and o.keepFor > 0 then
+    local tg = teach()
+    tg.learned = o.limits
+    tg.learnedUntil = t + o.keepFor
+    tg.replace = o.replace
+    track(o.limits, t)
+  end
+  if o.remaining < 0 or o.resetAt == 0 then return end
+  local untilT = o.resetAt
+  if untilT <= t then return end
+  local from = NOTIME
+  if o.period > 0 then
+    from = untilT - o.period
+    K.mw = math.max(K.mw, o.period)
+  end
+  observe(o, t, o.sentAt, untilT, from)
+end
+
+-- begin loads the key, sets the time and applies the queued operations.
+-- It reports whether any was applied (the key must then be saved).
+local function begin()
+  load()
+  clock()
+  local applied = false
+  for line in string.gmatch(ARGV[2], '[^\n]+') do
+    local v = {}
+    local kind
+    for w in string.gmatch(line, '%S+') do
+      if kind then v[#v + 1] = tonumber(w) else kind = w end
+    end
+    if kind == 'S' then applySettle(v[1], v[2], v[3])
+    elseif kind == 'M' then applyMove(v[1], v[2])
+    elseif kind == 'O' then applyObserve(v) end
+    applied = true
+  end
+  return applied
+end

@@ -1,0 +1,53 @@
+package redisstore_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota/redisstore"
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota/redisstore/redistest"
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota/storetest"
+)
+
+var prefixes atomic.Int64
+
+// prefix is a key prefix of its own for each store a test opens, so that
+// tests never see each other's keys (on a shared REDIS_URL too).
+func prefix() string { return fmt.Sprintf("rlpt%d-%d", time.Now().UnixNano()%1e6, prefixes.Add(1)) }
+
+func open(t *testing.T, rdb redis.UniversalClient, clock quota.Clock) *redisstore.Store {
+	t.Helper()
+	s, err := redisstore.New(context.Background(), redisstore.Options{Client: rdb, Prefix: prefix(), Clock: clock, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// TestConformance runs the Store contract's suite on one Redis.
+func TestConformance(t *testing.T) {
+	rdb, err := redisstore.NewClient(redistest.URL(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	storetest.Run(t, func(t *testing.T, clock quota.Clock) quota.Store { return open(t, rdb, clock) })
+}
+
+// TestConformanceOnCluster runs the suite on a three-node Redis Cluster:
+// every script touches only keys of one hash tag, which Cluster requires.
+func TestConformanceOnCluster(t *testing.T) {
+	c := redistest.StartCluster(t)
+	rdb, err := redisstore.NewClient("", c.Addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	storetest.Run(t, func(t *testing.T, clock quota.Clock) quota.Store { return open(t, rdb, clock) })
+}
