@@ -7,8 +7,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+	"github.com/redis/go-redis/v9"
 )
 
 // timeBase converts times between the caller's clock and the store's:

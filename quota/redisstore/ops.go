@@ -16,10 +16,10 @@ import (
 // the store reads its own writes; other replicas see a request not yet
 // settled as on its way, which is the safe side.
 type opQueue struct {
-	mu    sync.Mutex
-	keys  map[string]*pendingOps
-	seq   uint64        // the last operation queued, over all keys
-	kick  chan struct{} // wakes the flusher
+	mu     sync.Mutex
+	keys   map[string]*pendingOps
+	seq    uint64        // the last operation queued, over all keys
+	kick   chan struct{} // wakes the flusher
 	maxAge time.Duration
 }
 

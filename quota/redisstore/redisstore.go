@@ -36,8 +36,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+	"github.com/redis/go-redis/v9"
 )
 
 // Schema is the version of the key layout and of the scripts' meaning.

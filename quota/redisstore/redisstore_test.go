@@ -7,11 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota/redisstore"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota/redisstore/redistest"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota/storetest"
+	"github.com/redis/go-redis/v9"
 )
 
 var prefixes atomic.Int64
