@@ -73,6 +73,40 @@ type Config struct {
 	MaxIdleConnsPerHost int `yaml:"max_idle_conns_per_host"`
 	// Upstreams are the APIs whose quotas the proxy enforces.
 	Upstreams []Upstream `yaml:"upstreams"`
+	// Store is where the quota state lives: this process (the default) or
+	// a Redis shared by every replica.
+	Store Store `yaml:"store"`
+}
+
+// Store configures the quota store.
+type Store struct {
+	// Backend is "memory" (the default: each process counts alone) or
+	// "redis" (every replica sharing the Redis shares each key's quota).
+	Backend string `yaml:"backend"`
+	// URL is the Redis: redis://[user:password@]host:port[/db], or
+	// rediss:// for TLS. Required for redis unless Cluster is set.
+	URL string `yaml:"url"`
+	// Cluster lists host:port of Redis Cluster nodes (some are enough);
+	// with URL too, the URL's credentials and TLS apply to them.
+	Cluster []string `yaml:"cluster"`
+	// Prefix starts every Redis key name. Default "rlp".
+	Prefix string `yaml:"prefix"`
+	// Timeout bounds every call to Redis. Default 50ms.
+	Timeout Duration `yaml:"timeout"`
+	// OnStoreError says what happens while Redis fails: "local" (the
+	// default: each replica counts alone with every limit divided by
+	// Replicas), "reject" (429 with Retry-After) or "allow" (requests
+	// pass uncounted).
+	OnStoreError string `yaml:"on_store_error"`
+	// Replicas is how many proxy replicas share the Redis: the local
+	// fallback gives each 1/Replicas of every limit. Default 1.
+	Replicas int `yaml:"replicas"`
+	// KeySecretFile holds the per-deployment secret the store keys are
+	// made with (HMAC-SHA256 of the credential), so that no credential,
+	// nor a value as guessable as an IP address, can be read back from
+	// Redis. Required for redis; every replica must use the same secret.
+	// At least 16 bytes; `head -c 32 /dev/urandom | base64` makes one.
+	KeySecretFile string `yaml:"key_secret_file"`
 }
 
 // Log configures logging.
@@ -439,6 +473,14 @@ func (c *Config) fillDefaults() {
 	if c.MaxIdleConnsPerHost == 0 {
 		c.MaxIdleConnsPerHost = 512
 	}
+	st := &c.Store
+	st.Backend = or(st.Backend, "memory")
+	st.Prefix = or(st.Prefix, "rlp")
+	st.Timeout = orDuration(st.Timeout, 50*time.Millisecond)
+	st.OnStoreError = or(st.OnStoreError, "local")
+	if st.Replicas == 0 {
+		st.Replicas = 1
+	}
 	if c.Log.MaxPathBytes == 0 {
 		c.Log.MaxPathBytes = 2048
 	}
@@ -524,6 +566,7 @@ func (c *Config) resolvePaths(dir string) {
 		return filepath.Join(dir, p)
 	}
 	c.DataDir = abs(c.DataDir)
+	c.Store.KeySecretFile = abs(c.Store.KeySecretFile)
 	c.CACert = abs(c.CACert)
 	c.CAKey = abs(c.CAKey)
 	for i, p := range c.UpstreamRoots {
@@ -610,6 +653,9 @@ func (c *Config) validate(d *document, root *yaml.Node) error {
 	case "", "json", "console":
 	default:
 		return fail("log.format", "%q: want json or console", c.Log.Format)
+	}
+	if err := c.Store.validate(fail); err != nil {
+		return err
 	}
 	b := bounds{d: d, root: root}
 	b.count("max_idle_conns_per_host", c.MaxIdleConnsPerHost, 1, 65536, "512")
@@ -851,6 +897,65 @@ func checkHostPort(s string) error {
 		return fmt.Errorf("%q: %q is neither a host name nor an IP address", s, host)
 	}
 	return nil
+}
+
+var prefixRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,32}$`)
+
+func (st *Store) validate(fail func(path, format string, args ...any) error) error {
+	switch st.OnStoreError {
+	case "", "local", "reject", "allow":
+	default:
+		return fail("store.on_store_error", "%q: want local, reject or allow", st.OnStoreError)
+	}
+	switch st.Backend {
+	case "", "memory":
+		return nil
+	case "redis":
+	default:
+		return fail("store.backend", "%q: want memory or redis", st.Backend)
+	}
+	if st.URL == "" && len(st.Cluster) == 0 {
+		return fail("store", "the redis backend needs url (redis://host:port) or cluster (a list of host:port)")
+	}
+	if st.URL != "" {
+		scheme, rest, ok := strings.Cut(st.URL, "://")
+		if !ok || scheme != "redis" && scheme != "rediss" || rest == "" {
+			// Never echo the URL: it may hold a password.
+			return fail("store.url", "want redis://[user:password@]host:port[/db] or rediss://...")
+		}
+	}
+	for i, a := range st.Cluster {
+		if err := checkAddr(a, false); err != nil {
+			return fail(fmt.Sprintf("store.cluster[%d]", i), "%v", err)
+		}
+	}
+	if st.Prefix != "" && !prefixRE.MatchString(st.Prefix) {
+		return fail("store.prefix", "%q: want 1 to 32 letters, digits, '_', '.' or '-'", st.Prefix)
+	}
+	if st.Timeout != 0 && (time.Duration(st.Timeout) < time.Millisecond || time.Duration(st.Timeout) > 10*time.Second) {
+		return fail("store.timeout", "%v: want 1ms to 10s (requests wait at most this long for Redis)", time.Duration(st.Timeout))
+	}
+	if st.Replicas < 0 || st.Replicas > 10000 {
+		return fail("store.replicas", "want a whole number from 1 to 10000")
+	}
+	if st.KeySecretFile == "" {
+		return fail("store", "the redis backend needs key_secret_file: a file holding the secret store keys are made with (every replica the same)")
+	}
+	return nil
+}
+
+// ReadKeySecret reads the store's key secret file: at least 16 bytes,
+// surrounding white space removed.
+func (st *Store) ReadKeySecret() ([]byte, error) {
+	data, err := os.ReadFile(st.KeySecretFile)
+	if err != nil {
+		return nil, fmt.Errorf("store.key_secret_file: %w", err)
+	}
+	secret := bytes.TrimSpace(data)
+	if len(secret) < 16 {
+		return nil, fmt.Errorf("store.key_secret_file %s: the secret has %d bytes, want at least 16 (head -c 32 /dev/urandom | base64 makes one)", st.KeySecretFile, len(secret))
+	}
+	return secret, nil
 }
 
 // CheckAddr reports whether addr is a listen address, host:port, such as

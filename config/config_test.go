@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -87,6 +88,20 @@ func TestBadConfigsNameFileLineAndField(t *testing.T) {
 		{"syntax error", "upstreams: [\n", []string{"bad.yaml"}},
 		{"empty file", "", []string{"bad.yaml", "empty"}},
 		{"alias", "listen: &x 127.0.0.1:1\nadmin: *x\n", []string{"bad.yaml:2:", "admin", "aliases are not supported"}},
+		{"unknown store backend", "store:\n  backend: etcd\n", []string{"bad.yaml:2:", "store.backend", `"etcd"`}},
+		{"redis without an address", "store:\n  backend: redis\n  key_secret_file: s\n", []string{"bad.yaml:2:", "store", "url"}},
+		{"redis url of another scheme", "store:\n  backend: redis\n  url: http://u:hunter2@r:6379\n  key_secret_file: s\n",
+			[]string{"bad.yaml:3:", "store.url", "redis://"}},
+		{"bad cluster node", "store:\n  backend: redis\n  cluster: [r1:6379, r2]\n  key_secret_file: s\n",
+			[]string{"bad.yaml:3:", "store.cluster[1]", "host:port"}},
+		{"redis without a key secret", "store:\n  backend: redis\n  url: redis://r:6379\n", []string{"bad.yaml:2:", "store", "key_secret_file"}},
+		{"bad on_store_error", "store:\n  on_store_error: panic\n", []string{"bad.yaml:2:", "store.on_store_error", `"panic"`}},
+		{"store timeout too long", "store:\n  backend: redis\n  url: redis://r:6379\n  key_secret_file: s\n  timeout: 1m\n",
+			[]string{"bad.yaml:5:", "store.timeout"}},
+		{"negative replicas", "store:\n  backend: redis\n  url: redis://r:6379\n  key_secret_file: s\n  replicas: -2\n",
+			[]string{"bad.yaml:5:", "store.replicas"}},
+		{"bad prefix", "store:\n  backend: redis\n  url: redis://r:6379\n  key_secret_file: s\n  prefix: \"a{b}\"\n",
+			[]string{"bad.yaml:5:", "store.prefix"}},
 
 		// Bounds (issue 12): out-of-range values, and zeros that would
 		// silently mean the default.
@@ -155,6 +170,53 @@ func TestBadConfigsNameFileLineAndField(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestBadStoreURLIsNeverEchoed: a Redis URL may carry a password.
+func TestBadStoreURLIsNeverEchoed(t *testing.T) {
+	_, err := Parse("bad.yaml", []byte("store:\n  backend: redis\n  url: http://u:hunter2@r:6379\n  key_secret_file: s\n"))
+	if err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("error %v: want a refusal that does not repeat the URL", err)
+	}
+}
+
+func TestStoreDefaultsToMemoryAndRedisKeepsItsSettings(t *testing.T) {
+	cfg, err := Parse("min.yaml", []byte("upstreams: []\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := cfg.Store
+	if st.Backend != "memory" || st.OnStoreError != "local" || st.Replicas != 1 || time.Duration(st.Timeout) != 50*time.Millisecond || st.Prefix != "rlp" {
+		t.Errorf("store defaults: %+v", st)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	yaml := "store:\n  backend: redis\n  cluster: [10.0.0.1:6379, 10.0.0.2:6379]\n  timeout: 20ms\n  on_store_error: reject\n  replicas: 3\n  key_secret_file: secret\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err = Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st = cfg.Store
+	if st.Backend != "redis" || len(st.Cluster) != 2 || time.Duration(st.Timeout) != 20*time.Millisecond || st.OnStoreError != "reject" || st.Replicas != 3 {
+		t.Errorf("store: %+v", st)
+	}
+	if st.KeySecretFile != filepath.Join(dir, "secret") {
+		t.Errorf("key_secret_file %q, want it resolved against the config's directory", st.KeySecretFile)
+	}
+	if _, err := st.ReadKeySecret(); err == nil || !strings.Contains(err.Error(), "store.key_secret_file") {
+		t.Errorf("missing secret file: %v", err)
+	}
+	os.WriteFile(st.KeySecretFile, []byte("short\n"), 0o600)
+	if _, err := st.ReadKeySecret(); err == nil || !strings.Contains(err.Error(), "at least 16") {
+		t.Errorf("short secret: %v", err)
+	}
+	os.WriteFile(st.KeySecretFile, []byte("  0123456789abcdef0123\n"), 0o600)
+	if s, err := st.ReadKeySecret(); err != nil || string(s) != "0123456789abcdef0123" {
+		t.Errorf("secret %q %v", s, err)
 	}
 }
 

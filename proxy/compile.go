@@ -325,3 +325,12 @@ func cloneRules(r signals.Rules) signals.Rules {
 	}
 	return c
 }
+
+// keyedBy makes every upstream of p key credentials by HMAC-SHA256 under
+// secret (nil: SHA-256). Called before p is published.
+func (p *Policy) keyedBy(secret []byte) *Policy {
+	for _, u := range p.upstreams {
+		u.keySecret = secret
+	}
+	return p
+}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"net"
@@ -38,6 +39,9 @@ type upstream struct {
 	answer   answerPolicy
 	buckets  *bucketMap   // shared with the same upstream after a reload
 	tuner    *marginTuner // likewise
+	// keySecret, when set, keys credentials by HMAC-SHA256 under it
+	// instead of SHA-256 (a store shared with other replicas).
+	keySecret []byte
 }
 
 // margin is the widening applied to a window of this upstream, as
@@ -118,7 +122,7 @@ func (s *limitSet) shownFor(enforced quota.Limit) (quota.Limit, bool) {
 
 // identity is who a request is counted as.
 type identity struct {
-	key         string // the quota key: upstream, class and full SHA-256
+	key         string // the quota key: upstream, class and full SHA-256 (or HMAC-SHA256 under the key secret)
 	fingerprint string // first 12 hex digits, or "anonymous"
 	rule        string // the rule that matched, or "anonymous"
 	limits      *limitSet
@@ -126,7 +130,11 @@ type identity struct {
 
 // identify finds the request's credential by the upstream's rules, first
 // match wins, and the limits that apply to it. The credential itself never
-// leaves this function: only its SHA-256 does. A rule that cannot tell
+// leaves this function: only its SHA-256 does (the fingerprint, and the
+// key), or, with a key secret, the key is its full HMAC-SHA256 under the
+// secret, so that a shared store holds nothing that could be read back to
+// a credential by guessing (a source IP address) and no two credentials
+// share a quota by a fingerprint collision. A rule that cannot tell
 // which credential the upstream will read refuses the request with a
 // *credentialError (see credential.go).
 func (u *upstream) identify(r *http.Request) (identity, error) {
@@ -146,8 +154,19 @@ func (u *upstream) identify(r *http.Request) (identity, error) {
 		if rl.kind == bySourceIP {
 			kind = "/ip/"
 		}
-		key := u.name + kind + string(hexSum[:]) // one allocation
-		print := key[len(key)-len(hexSum):]
+		var key, print string
+		if u.keySecret == nil {
+			key = u.name + kind + string(hexSum[:]) // one allocation
+			print = key[len(key)-len(hexSum):]
+		} else {
+			mac := hmac.New(sha256.New, u.keySecret)
+			mac.Write([]byte(cred))
+			var keySum [sha256.Size]byte
+			var hexKey [2 * sha256.Size]byte
+			hex.Encode(hexKey[:], mac.Sum(keySum[:0]))
+			key = u.name + kind + string(hexKey[:])
+			print = string(hexSum[:])
+		}
 		id := identity{key: key, fingerprint: print[:12], rule: rl.label, limits: rl.limits}
 		if rl.kind != bySourceIP {
 			// Credentials share a bucket however they are sent: a token in

@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,6 +125,41 @@ func TestSourceIPRuleKeysEachClientApart(t *testing.T) {
 	}
 	if k := identifyOK(t, u, request("http://a.test/", http.Header{"Apikey": {"10.0.0.1"}}, "10.0.0.1:1")); k.key == a.key {
 		t.Errorf("a credential equal to an IP address shares the IP's bucket")
+	}
+}
+
+// TestKeySecretKeysByAFullKeyedHash: with a key secret (a store shared by
+// replicas) the key is the full HMAC-SHA256 of the credential, which
+// nobody without the secret can compute from a guess (an IP address), while
+// the logged fingerprint and fingerprint overrides stay SHA-256.
+func TestKeySecretKeysByAFullKeyedHash(t *testing.T) {
+	yamlText := `upstreams:
+  - name: a
+    hosts: [a.test]
+    identity: [{header: apikey}, {source_ip: true}]
+    limits: [10/1s]
+    overrides:
+      - fingerprint: ` + fingerprint("vip")[:12] + `
+        limits: [99/1s]
+`
+	secret := []byte("0123456789abcdef-deployment-secret")
+	u, other := compile(t, yamlText), compile(t, yamlText)
+	u.keySecret, other.keySecret = secret, []byte("another deployment's secret....")
+	mac := func(s string) string {
+		m := hmac.New(sha256.New, secret)
+		m.Write([]byte(s))
+		return hex.EncodeToString(m.Sum(nil))
+	}
+	ip := identifyOK(t, u, request("http://a.test/", nil, "10.0.0.1:1111"))
+	if ip.key != "a/ip/"+mac("10.0.0.1") || strings.Contains(ip.key, fingerprint("10.0.0.1")) {
+		t.Errorf("source IP key %q, want a/ip/ + HMAC-SHA256 of the address under the secret", ip.key)
+	}
+	vip := identifyOK(t, u, request("http://a.test/", http.Header{"Apikey": {"vip"}}, ""))
+	if vip.key != "a/cred/"+mac("vip") || vip.fingerprint != fingerprint("vip")[:12] || vip.limits.shown[0].Count != 99 {
+		t.Errorf("credential: key %q fingerprint %q limits %v; want the HMAC key, the SHA-256 fingerprint and its override", vip.key, vip.fingerprint, vip.limits.shown)
+	}
+	if o := identifyOK(t, other, request("http://a.test/", http.Header{"Apikey": {"vip"}}, "")); o.key == vip.key {
+		t.Error("two secrets gave one key")
 	}
 }
 

@@ -35,6 +35,7 @@ import (
 // Server is the proxy. Create it with New, run it with Serve, stop it with
 // Shutdown. It is safe for concurrent use.
 type Server struct {
+	keySecret []byte // store keys are HMAC-SHA256 under it (Options.KeySecret)
 	log       *zap.Logger
 	observers decision.Observers // told of every exchange: the log line first
 	store     quota.Store
@@ -88,6 +89,11 @@ type Options struct {
 	Log *zap.Logger
 	// Store books every request's slot. Required.
 	Store quota.Store
+	// KeySecret, when set, makes every store key a full HMAC-SHA256 of the
+	// credential under it instead of its SHA-256: required with a store
+	// shared by replicas (they must all use the same secret). Logs show the
+	// same fingerprint either way.
+	KeySecret []byte
 	// Dial opens connections to upstreams and to the targets of untouched
 	// tunnels. Nil dials TCP with the configured dial timeout, through the
 	// egress guard. A Dial given here replaces that dialer, and with it the
@@ -127,6 +133,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
+	policy.keyedBy(opts.KeySecret)
 	guard := &egressGuard{}
 	guard.addListener(cfg.Listen)
 	if cfg.Admin != "" {
@@ -146,6 +153,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
+		keySecret:   opts.KeySecret,
 		log:         log,
 		observers:   append(decision.Observers{decision.Logger(log)}, opts.Observers...),
 		store:       store,

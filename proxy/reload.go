@@ -183,7 +183,11 @@ func (s *Server) prepareReload(load func() (*config.Config, error), old *Policy)
 	if fields := s.fixed.changed(fixedOf(cfg)); len(fields) > 0 {
 		return nil, &RestartNeededError{Fields: fields}
 	}
-	return compilePolicy(cfg, old)
+	p, err := compilePolicy(cfg, old)
+	if err != nil {
+		return nil, err
+	}
+	return p.keyedBy(s.keySecret), nil
 }
 
 // ReloadCounts counts the reloads a Server applied and refused.
