@@ -449,6 +449,44 @@ func (s *Store) Observe(_ context.Context, key string, o quota.Observation) erro
 	return nil
 }
 
+// Ping reports whether Redis answers (and the store is ready to use it).
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if err := s.getReady(ctx); err != nil {
+		return err
+	}
+	return s.rdb.Ping(ctx).Err()
+}
+
+// Record adds sends made while Redis was unreachable (by another store:
+// the proxy's local fallback) to key, as Settle adds one: queued and
+// written in the background, before any later call on the key. The key
+// keeps enough history for limits. Times are converted as Settle's are.
+func (s *Store) Record(key string, limits []quota.Limit, sent []time.Time) error {
+	if key == "" {
+		return quota.ErrNoKey
+	}
+	if !s.tb.ready() {
+		return errNotReady
+	}
+	if len(sent) == 0 {
+		return nil
+	}
+	s.ops.add(key, "L "+formatLimits(limits))
+	now := s.tb.nowLate()
+	for i := 0; i < len(sent); i += 512 {
+		var b strings.Builder
+		b.WriteString("A")
+		for _, t := range sent[i:min(i+512, len(sent))] {
+			b.WriteByte(' ')
+			b.WriteString(strconv.FormatInt(min(s.tb.late(t), now), 10))
+		}
+		s.ops.add(key, b.String())
+	}
+	return nil
+}
+
 // Inspect implements quota.Inspector.
 func (s *Store) Inspect(ctx context.Context, key string, limits []quota.Limit) (quota.KeyState, error) {
 	if key == "" {
@@ -581,6 +619,12 @@ func (s *Store) maintain() {
 		case <-s.stop:
 			return
 		case <-tick.C:
+		}
+		if s.ops.pending() > 0 {
+			select { // writes that failed: try again
+			case s.ops.kick <- struct{}{}:
+			default:
+			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 		if s.ready.Load() {

@@ -643,6 +643,9 @@ end
 --   M PREV X                         settled again later: move PREV to X
 --   O SENTAT LIMIT REMAINING RESETAT PERIOD RESERVE KEEPFOR REPLACE [COUNT WINDOW]...
 --                                    observe (RESETAT 0: none)
+--   L [COUNT WINDOW]...              keep what these limits need (before A)
+--   A X...                           sends made elsewhere (the proxy's local
+--                                    fallback while Redis was unreachable)
 
 local function applySettle(slot, id, x)
   if not K.exists then return end
@@ -695,7 +698,16 @@ local function begin()
     end
     if kind == 'S' then applySettle(v[1], v[2], v[3])
     elseif kind == 'M' then applyMove(v[1], v[2])
-    elseif kind == 'O' then applyObserve(v) end
+    elseif kind == 'O' then applyObserve(v)
+    elseif kind == 'L' then
+      K.exists = true
+      local ls = {}
+      for p = 1, #v, 2 do ls[#ls + 1] = {count = v[p], window = v[p + 1]} end
+      track(ls, t)
+    elseif kind == 'A' then
+      K.exists = true
+      for _, x in ipairs(v) do addSent(x) end
+    end
     applied = true
   end
   return applied
