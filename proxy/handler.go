@@ -17,6 +17,7 @@ import (
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/decision"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota/fallback"
 	"go.uber.org/zap"
 )
 
@@ -161,6 +162,18 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, x *exchang
 	x.err = err.Error()
 	var se errStore
 	if errors.As(err, &se) {
+		var un *fallback.Unavailable
+		if errors.As(se.err, &un) {
+			// on_store_error: reject. Logged once by the store, not per request.
+			secs := ceilSeconds(un.RetryAfter)
+			x.decision = decisionRejected
+			x.status = http.StatusTooManyRequests
+			w.Header().Set("Retry-After", itoa(secs))
+			writeJSON(w, http.StatusTooManyRequests, errorBody{Error: errorDetail{Code: "QUOTA_STORE_UNAVAILABLE",
+				Message:           "the shared quota store does not answer (on_store_error: reject); retry after " + itoa(secs) + "s",
+				RetryAfterSeconds: secs, Source: "proxy"}})
+			return
+		}
 		x.storeFailed = true
 		s.log.Error("quota store failed", zap.String("key", x.id.fingerprint), zap.Error(se.err))
 		s.writeError(w, x, http.StatusServiceUnavailable, "QUOTA_STORE_UNAVAILABLE", "the quota store did not answer; retry shortly")
