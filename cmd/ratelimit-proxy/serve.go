@@ -16,7 +16,6 @@ import (
 	"github.com/ratelimit-proxy/ratelimit-proxy/config"
 	"github.com/ratelimit-proxy/ratelimit-proxy/decision"
 	"github.com/ratelimit-proxy/ratelimit-proxy/proxy"
-	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
 	"go.uber.org/zap"
 )
 
@@ -57,9 +56,13 @@ func serve(cfg *config.Config, cf *configFlags, stderr io.Writer) error {
 		log.Warn("resources.max_client_conns lowered to half the open-file limit",
 			zap.Int("configured", was), zap.Int("max_client_conns", cfg.Resources.MaxClientConns), zap.Uint64("open_file_limit", openFileLimit()))
 	}
-	store := quota.NewMemoryStore(nil, quota.WithMaxKeys(cfg.Resources.MaxKeys))
+	store, keySecret, closeStore, err := openStore(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
 	recorder := admin.NewRecorder(0)
-	srv, err := proxy.New(cfg, proxy.Options{Log: log, Store: store, Observers: []decision.Observer{recorder}})
+	srv, err := proxy.New(cfg, proxy.Options{Log: log, Store: store, KeySecret: keySecret, Observers: []decision.Observer{recorder}})
 	if err != nil {
 		return err
 	}
@@ -104,7 +107,7 @@ func serve(cfg *config.Config, cf *configFlags, stderr io.Writer) error {
 		zap.String("ca_cert", cfg.CACert),
 		zap.String("ca_sha256", srv.CA().Fingerprint()),
 		zap.Int("upstreams", len(cfg.Upstreams)),
-		zap.String("store", "memory"))
+		zap.String("store", cfg.Store.Backend))
 	_ = log.Sync()
 	go func() { errs <- srv.Serve(ln) }()
 

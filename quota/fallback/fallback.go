@@ -100,6 +100,8 @@ type Options struct {
 	Log *zap.Logger
 	// Clock is the local store's clock (tests). Nil: the system clock.
 	Clock quota.Clock
+	// MaxKeys bounds the keys of the local store (quota.WithMaxKeys).
+	MaxKeys int
 }
 
 // localBit marks the ids of reservations the local store made, so that
@@ -159,7 +161,7 @@ func New(shared Shared, opts Options) *Store {
 	}
 	return &Store{
 		shared: shared,
-		local:  quota.NewMemoryStore(opts.Clock),
+		local:  quota.NewMemoryStore(opts.Clock, quota.WithMaxKeys(opts.MaxKeys)),
 		opts:   opts,
 		log:    log,
 		replay: map[string]*replayKey{},
