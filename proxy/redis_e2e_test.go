@@ -63,6 +63,7 @@ type outcome struct {
 	at      time.Time
 	err     error
 	retry   string
+	body    string
 }
 
 func load(ctx context.Context, rs []*replica, clients int, url, key string) []outcome {
@@ -82,8 +83,10 @@ func load(ctx context.Context, rs []*replica, clients int, url, key string) []ou
 					resp, err := c.Do(req)
 					o := outcome{replica: i, took: time.Since(start), at: start, err: err}
 					if err == nil {
+						b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 						io.Copy(io.Discard, resp.Body)
 						resp.Body.Close()
+						o.body = string(b)
 						o.status, o.retry = resp.StatusCode, resp.Header.Get("Retry-After")
 					} else if ctx.Err() != nil {
 						return

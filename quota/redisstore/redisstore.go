@@ -138,6 +138,7 @@ func New(ctx context.Context, opts Options) (*Store, error) {
 // options the store needs: context deadlines honoured, a pool sized for a
 // proxy.
 func NewClient(url string, cluster []string) (redis.UniversalClient, error) {
+	quietOnce.Do(func() { redis.SetLogger(quiet{}) })
 	if len(cluster) > 0 {
 		opts := &redis.ClusterOptions{Addrs: cluster}
 		if url != "" {
@@ -160,6 +161,14 @@ func NewClient(url string, cluster []string) (redis.UniversalClient, error) {
 	opts.PoolSize = max(opts.PoolSize, 64)
 	return redis.NewClient(opts), nil
 }
+
+// quiet silences go-redis's own log (a line per failed dial, to standard
+// error): while Redis is down the store's callers log the outage once.
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
+var quietOnce sync.Once
 
 // Close stops the store's background work after a last attempt to write
 // what it queued. It does not close the client.
