@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota/redisstore"
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota/redisstore/redistest"
 )
 
 // stores lists the backends measured. Each constructor returns a fresh,
@@ -32,7 +34,25 @@ var stores = []struct {
 	{"memory", func(_ *testing.B, clock quota.Clock) (quota.Store, func()) {
 		return quota.NewMemoryStore(clock), func() {}
 	}},
-	// {"redis", newRedisStore}, // once a Redis store exists: one more row
+	{"redis", newRedisStore},
+}
+
+// newRedisStore opens a Redis store on REDIS_URL, or on a redis-server
+// started for the benchmark (stopped after it).
+func newRedisStore(b *testing.B, clock quota.Clock) (quota.Store, func()) {
+	rdb, err := redisstore.NewClient(redistest.URL(b), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	prefix := fmt.Sprintf("rlpbench%d", time.Now().UnixNano())
+	s, err := redisstore.New(context.Background(), redisstore.Options{Client: rdb, Prefix: prefix, Clock: clock, Timeout: 5 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s, func() {
+		s.Close()
+		rdb.Close()
+	}
 }
 
 var keyCounts = flag.String("keys", "100000,1000000", "comma-separated idle-key counts for BenchmarkIdleKeys")
@@ -59,11 +79,11 @@ func heapInUse() uint64 {
 	return ms.HeapAlloc
 }
 
-// BenchmarkIdleKeys reports the heap held per key after one request of each
+// BenchmarkIdleKeys reports the heap held per key (the memory store) after one request of each
 // of N keys (keys idle but still inside their windows), key string included.
 // Run it with -benchtime 1x.
 func BenchmarkIdleKeys(b *testing.B) {
-	for _, st := range stores {
+	for _, st := range stores[:1] { // Redis: BenchmarkBytesPerBusyKey
 		for _, f := range strings.Split(*keyCounts, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(f))
 			if err != nil || n <= 0 {
@@ -143,6 +163,10 @@ func BenchmarkDecisions(b *testing.B) {
 		b.Run(st.name+"/100k-keys-parallel", func(b *testing.B) {
 			s, done := st.new(b, nil)
 			defer done()
+			// A proxy decides for many requests at once: 16 goroutines per
+			// core (for Redis, requests in flight while others wait for
+			// their round trip).
+			b.SetParallelism(16)
 			ctx := context.Background()
 			keys := make([]string, 100_000)
 			for i := range keys {
@@ -181,4 +205,105 @@ func (c *stepClock) Now() time.Time {
 	defer c.mu.Unlock()
 	c.now = c.now.Add(time.Millisecond)
 	return c.now
+}
+
+// busyProfiles are the key shapes BenchmarkBytesPerBusyKey measures.
+var busyProfiles = []struct {
+	name   string
+	limits []quota.Limit
+}{
+	{"300per1m+10000per24h", []quota.Limit{{Count: 300, Window: time.Minute}, {Count: 10000, Window: 24 * time.Hour}}},
+	{"100per10s+250000per24h", []quota.Limit{{Count: 100, Window: 10 * time.Second}, {Count: 250000, Window: 24 * time.Hour}}},
+}
+
+// BenchmarkBytesPerBusyKey reports what a key costs after a day of
+// traffic on a fake clock (every slice of its daily window used, its
+// exact history full): the heap per key for the memory store, MEMORY
+// USAGE of the key's Redis keys for the Redis store. Run it with
+// -benchtime 1x.
+func BenchmarkBytesPerBusyKey(b *testing.B) {
+	const steps = 1200 // sends per key over the day, bursts at the end
+	for _, st := range stores {
+		for _, prof := range busyProfiles {
+			b.Run(st.name+"/"+prof.name, func(b *testing.B) {
+				keys := 200
+				if st.name == "redis" {
+					keys = 10
+				}
+				ctx := context.Background()
+				var perKey float64
+				for range b.N {
+					clock := &manualClock{now: time.Unix(1_700_000_000, 0)}
+					before := heapInUse()
+					s, done := st.new(b, clock)
+					send := func(key string) {
+						r, err := s.Reserve(ctx, quota.Request{Key: key, Limits: prof.limits})
+						if err != nil {
+							b.Fatal(err)
+						}
+						if r.OK && r.Delay() == 0 {
+							s.Settle(ctx, r, clock.Now())
+						}
+					}
+					for step := range steps {
+						if step < steps-400 {
+							clock.advance(24 * time.Hour / (steps - 400))
+						} else {
+							clock.advance(10 * time.Millisecond) // a burst fills the exact history
+						}
+						for k := range keys {
+							send(proxyKey(k))
+						}
+					}
+					if st.name == "redis" {
+						perKey = redisBytesPerKey(b, s, keys)
+					} else {
+						perKey = float64(int64(heapInUse())-int64(before)) / float64(keys)
+					}
+					runtime.KeepAlive(s)
+					done()
+				}
+				b.ReportMetric(perKey, "B/key")
+			})
+		}
+	}
+}
+
+// redisBytesPerKey writes what the store queued, then sums MEMORY USAGE
+// over the Redis keys of the store's quota keys.
+func redisBytesPerKey(b *testing.B, s quota.Store, keys int) float64 {
+	rs := s.(*redisstore.Store)
+	ctx := context.Background()
+	if err := rs.Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+	total := int64(0)
+	for k := range keys {
+		for _, name := range rs.KeyNames(proxyKey(k)) {
+			n, err := rs.Client().MemoryUsage(ctx, name).Result()
+			if err != nil {
+				b.Fatalf("MEMORY USAGE %s: %v", name, err)
+			}
+			total += n
+		}
+	}
+	return float64(total) / float64(keys)
+}
+
+// manualClock moves only when told.
+type manualClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *manualClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *manualClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
 }

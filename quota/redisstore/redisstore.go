@@ -458,6 +458,30 @@ func (s *Store) Observe(_ context.Context, key string, o quota.Observation) erro
 	return nil
 }
 
+// Flush writes what the store queued (settles, observations) and returns
+// when it is written or ctx ends.
+func (s *Store) Flush(ctx context.Context) error {
+	for s.ops.pending() > 0 {
+		s.flushOnce()
+		if s.ops.pending() == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// KeyNames returns the names of the Redis keys that hold key (for
+// operators and benchmarks: MEMORY USAGE, TTL).
+func (s *Store) KeyNames(key string) []string { return s.keys(tag(key)) }
+
+// Client returns the store's Redis client.
+func (s *Store) Client() redis.UniversalClient { return s.rdb }
+
 // Ping reports whether Redis answers (and the store is ready to use it).
 func (s *Store) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
@@ -579,6 +603,9 @@ func (s *Store) flush() {
 	}
 }
 
+// applyBatch is how many keys one background write carries at most.
+const applyBatch = 200
+
 func (s *Store) flushOnce() {
 	keys, ops, finish := s.ops.batch()
 	if len(keys) == 0 {
@@ -593,21 +620,42 @@ func (s *Store) flushOnce() {
 		return
 	}
 	now := s.tb.nowArg()
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(keys))
-	for i, key := range keys {
-		cmds[i] = applyScript.EvalSha(ctx, pipe, s.keys(tag(key)), now, ops[i])
-	}
-	_, _ = pipe.Exec(ctx)
-	for i, cmd := range cmds {
-		if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			cmd = applyScript.Run(ctx, s.rdb, s.keys(tag(keys[i])), now, ops[i])
+	if _, single := s.rdb.(*redis.Client); single {
+		// One script for many keys: on a single Redis they may meet.
+		for lo := 0; lo < len(keys); lo += applyBatch {
+			hi := min(lo+applyBatch, len(keys))
+			names := make([]string, 0, 2*(hi-lo))
+			args := make([]any, 0, 2+hi-lo)
+			args = append(args, now, "")
+			for i := lo; i < hi; i++ {
+				names = append(names, s.keys(tag(keys[i]))...)
+				args = append(args, ops[i])
+			}
+			v, err := applyManyScript.Run(ctx, s.rdb, names, args...).Int64Slice()
+			for i := lo; i < hi; i++ {
+				if err == nil && i-lo < len(v) && v[i-lo] == 1 {
+					s.wakes.fire(tag(keys[i]))
+				}
+				finish[i](err == nil)
+			}
 		}
-		v, err := cmd.Int64Slice()
-		if err == nil && len(v) > 0 && v[0] == 1 {
-			s.wakes.fire(tag(keys[i]))
+	} else {
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(keys))
+		for i, key := range keys {
+			cmds[i] = applyScript.EvalSha(ctx, pipe, s.keys(tag(key)), now, ops[i])
 		}
-		finish[i](err == nil)
+		_, _ = pipe.Exec(ctx)
+		for i, cmd := range cmds {
+			if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+				cmd = applyScript.Run(ctx, s.rdb, s.keys(tag(keys[i])), now, ops[i])
+			}
+			v, err := cmd.Int64Slice()
+			if err == nil && len(v) > 0 && v[0] == 1 {
+				s.wakes.fire(tag(keys[i]))
+			}
+			finish[i](err == nil)
+		}
 	}
 	if s.ops.pending() > 0 {
 		select {

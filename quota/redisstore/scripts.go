@@ -14,13 +14,14 @@ import (
 var luaFiles embed.FS
 
 var (
-	reserveScript  = script("reserve.lua")
-	releaseScript  = script("release.lua")
-	applyScript    = script("apply.lua")
-	cancelScript   = script("cancel.lua")
-	holdScript     = script("hold.lua")
-	endProbeScript = script("endprobe.lua")
-	inspectScript  = script("inspect.lua")
+	reserveScript   = script("reserve.lua")
+	releaseScript   = script("release.lua")
+	applyScript     = script("apply.lua")
+	applyManyScript = script("applymany.lua")
+	cancelScript    = script("cancel.lua")
+	holdScript      = script("hold.lua")
+	endProbeScript  = script("endprobe.lua")
+	inspectScript   = script("inspect.lua")
 )
 
 func script(entry string) *redis.Script {

@@ -22,7 +22,7 @@ local SECOND = 1000000
 local TTL_SLACK_MS = 60000          -- every key outlives what it needs by a minute
 local QUEUED, BOOKING, ONWAY = 0, 1, 2
 
-local MK, RK = KEYS[1], KEYS[2]
+local MK, RK = KEYS[1], KEYS[2] -- applymany.lua moves them from key to key
 local K          -- the key's state, loaded by load()
 local t          -- the store's time of this call
 local woke = 0   -- 1 when waiters were told to look again
@@ -684,13 +684,14 @@ local function applyObserve(v)
   observe(o, t, o.sentAt, untilT, from)
 end
 
--- begin loads the key, sets the time and applies the queued operations.
--- It reports whether any was applied (the key must then be saved).
-local function begin()
+-- begin loads the key, sets the time and applies the queued operations
+-- (ops, default ARGV[2]). It reports whether any was applied (the key must
+-- then be saved).
+local function begin(ops)
   load()
   clock()
   local applied = false
-  for line in string.gmatch(ARGV[2], '[^\n]+') do
+  for line in string.gmatch(ops or ARGV[2], '[^\n]+') do
     local v = {}
     local kind
     for w in string.gmatch(line, '%S+') do
