@@ -448,8 +448,8 @@ func (s *Store) Observe(_ context.Context, key string, o quota.Observation) erro
 	if o.Replace {
 		replace = 1
 	}
-	fmt.Fprintf(&b, "O %d %d %d %d %d %s %d %d", s.tb.early(o.SentAt), o.Limit, o.Remaining, resetAt,
-		durMicro(o.Period), strconv.FormatFloat(o.Reserve, 'g', -1, 64), durMicro(o.KeepFor), replace)
+	fmt.Fprintf(&b, "O %d %d %d %d %d %s %d %d %d", s.tb.early(o.SentAt), o.Limit, o.Remaining, resetAt,
+		durMicro(o.Period), strconv.FormatFloat(o.Reserve, 'g', -1, 64), durMicro(o.KeepFor), replace, durMicro(o.Delay))
 	if len(o.Limits) > 0 {
 		b.WriteByte(' ')
 		b.WriteString(formatLimits(o.Limits))
@@ -533,7 +533,7 @@ func (s *Store) Inspect(ctx context.Context, key string, limits []quota.Limit) (
 		return quota.KeyState{}, fmt.Errorf("redisstore: inspect answered %d values", len(res))
 	}
 	now := micro(res[1])
-	st := quota.KeyState{Now: now, Budget: -1}
+	st := quota.KeyState{Now: now}
 	if res[0] == 0 {
 		for _, l := range limits {
 			st.Limits = append(st.Limits, quota.LimitState{Limit: l, NextFree: now})
@@ -566,6 +566,9 @@ func (s *Store) Inspect(ctx context.Context, key string, limits []quota.Limit) (
 	}
 	if m > 0 {
 		st.LearnedUntil = micro(res[8])
+	}
+	if i < len(res) {
+		st.Booked = int(res[i])
 	}
 	return st, nil
 }

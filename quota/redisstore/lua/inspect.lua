@@ -1,16 +1,18 @@
 -- inspect.lua: Inspector.Inspect (MemoryStore.Inspect). ARGV[3] limits.
 -- Returns {known, now, queued, in flight, hold until, probing, budget,
 -- budget until, learned until, n, [count, window, used, next free]*n,
--- m, [count, window]*m}; known is 0 for a key Redis does not hold.
+-- m, [count, window]*m, booked}; known is 0 for a key Redis does not hold.
 local applied = begin()
 if applied then save() end
 if not K.exists then return {0, t} end
 expire(t)
-local queued, inflight = 0, 0
+local queued, inflight, booked = 0, 0, 0
 for _, e in ipairs(K.open) do
-  if e.state == ONWAY then inflight = inflight + 1 else queued = queued + 1 end
+  if e.state == ONWAY then inflight = inflight + 1
+  elseif e.state == BOOKING then booked = booked + 1
+  else queued = queued + 1 end
 end
-local out = {1, t, queued, inflight, 0, 0, -1, 0, 0}
+local out = {1, t, queued, inflight, 0, 0, 0, 0, 0}
 local ls = limitsAt(parseLimits(ARGV[3]), t)
 out[#out + 1] = #ls
 for _, l in ipairs(ls) do
@@ -40,4 +42,5 @@ if tg then
 end
 out[#out + 1] = #learned
 for _, l in ipairs(learned) do out[#out + 1], out[#out + 2] = l.count, l.window end
+out[#out + 1] = booked
 return out

@@ -240,8 +240,8 @@ local function load()
     local v = cmsgpack.unpack(f.tg)
     K.tg = {holdUntil = v[1], probing = v[2] == 1, probeID = v[3], probeAt = v[4], budget = v[5],
             budgetUntil = v[6], budgetFrom = v[7], informed = v[8] == 1, learnedUntil = v[9],
-            replace = v[10] == 1, waiters = v[11], learned = {}}
-    for p = 12, #v, 2 do K.tg.learned[#K.tg.learned + 1] = {count = v[p], window = v[p + 1]} end
+            replace = v[10] == 1, waiters = v[11], covered = v[12] == 1, learned = {}}
+    for p = 13, #v, 2 do K.tg.learned[#K.tg.learned + 1] = {count = v[p], window = v[p + 1]} end
   end
 end
 
@@ -275,7 +275,7 @@ local function save()
   local tg = K.tg
   if tg then
     local v = {tg.holdUntil, b2n(tg.probing), tg.probeID, tg.probeAt, tg.budget, tg.budgetUntil, tg.budgetFrom,
-               b2n(tg.informed), tg.learnedUntil, b2n(tg.replace), tg.waiters}
+               b2n(tg.informed), tg.learnedUntil, b2n(tg.replace), tg.waiters, b2n(tg.covered)}
     for _, l in ipairs(tg.learned) do v[#v + 1], v[#v + 2] = l.count, l.window end
     fields[#fields + 1], fields[#fields + 2] = 'tg', cmsgpack.pack(v)
     horizon = math.max(horizon, tg.holdUntil + PROBE_TIMEOUT, tg.budgetUntil, tg.learnedUntil)
@@ -313,7 +313,8 @@ end
 local function teach()
   if not K.tg then
     K.tg = {holdUntil = 0, probing = false, probeID = 0, probeAt = 0, budget = 0, budgetUntil = 0,
-            budgetFrom = NOTIME, informed = false, learned = {}, learnedUntil = 0, replace = false, waiters = 0}
+            budgetFrom = NOTIME, informed = false, learned = {}, learnedUntil = 0, replace = false, waiters = 0,
+            covered = false}
   end
   return K.tg
 end
@@ -455,7 +456,10 @@ local function waitGate(c, now, id, scout)
   local tg = K.tg
   if scout then
     if tg and tg.budgetUntil > 0 and now >= tg.budgetUntil then
-      tg.informed, tg.budgetUntil, tg.budgetFrom = false, 0, NOTIME
+      -- the reported window is over: scout again, unless the key had its
+      -- upstream to itself
+      tg.informed = tg.covered
+      tg.budgetUntil, tg.budgetFrom = 0, NOTIME
     end
     if not tg or (not tg.informed and not tg.probing) then
       tg = teach()
@@ -466,7 +470,7 @@ local function waitGate(c, now, id, scout)
   if tg.probing and tg.probeID ~= 0 and tg.probeID ~= id and now - tg.probeAt < PROBE_TIMEOUT then
     return math.max(c, tg.probeAt + PROBE_TIMEOUT)
   end
-  if c < tg.budgetUntil and tg.budget <= 0 then return tg.budgetUntil end
+  if c < tg.budgetUntil and tg.budget <= 0 and not tg.covered then return tg.budgetUntil end
   return c
 end
 
@@ -604,9 +608,17 @@ local function sentIn(from, sentAt, now)
   return 0, 0, false
 end
 
-local function observe(o, now, sentAt, untilT, from)
+local function observe(o, now, sentAt, untilT)
   local tg = teach()
-  if from == NOTIME and tg.budgetUntil > 0 and tg.budgetUntil <= now then from = tg.budgetUntil end
+  local from = NOTIME -- when the upstream's window began
+  if o.period > 0 then
+    -- resets are reported in whole seconds, rounded either way, and the
+    -- window holds requests sent up to Delay before it began
+    from = untilT - o.period - SECOND - o.delay
+    K.mw = math.max(K.mw, o.period)
+  elseif tg.budgetUntil > 0 and tg.budgetUntil <= now then
+    from = tg.budgetUntil
+  end
   local onWay, onWayBefore = 0, 0
   for _, e in ipairs(K.open) do
     if e.state == ONWAY then
@@ -615,12 +627,16 @@ local function observe(o, now, sentAt, untilT, from)
     end
   end
   local budget
+  local covered = false
   local sent, counted, known = sentIn(from, sentAt, now)
   sent, counted = sent + onWay, counted + onWayBefore
   local reserve = 0
   if o.limit > 0 then reserve = math.ceil(o.reserve * o.limit) end
   if known and o.limit > 0 and o.limit - o.remaining <= sent then
     budget = o.limit - sent
+    for _, l in ipairs(o.limits) do
+      covered = covered or (o.period > 0 and l.count <= o.limit and l.window >= o.period)
+    end
   elseif known then
     budget = o.remaining - (sent - counted) - reserve
   else
@@ -630,9 +646,10 @@ local function observe(o, now, sentAt, untilT, from)
   end
   tg.informed = true
   if now >= tg.budgetUntil or untilT > tg.budgetUntil + SECOND then
-    tg.budget, tg.budgetUntil, tg.budgetFrom = budget, untilT, from
+    tg.budget, tg.budgetUntil, tg.budgetFrom, tg.covered = budget, untilT, from, covered
   else
     tg.budget = math.min(tg.budget, budget)
+    tg.covered = tg.covered and covered
   end
   wakeWaiters()
 end
@@ -641,7 +658,7 @@ end
 -- Queued by the caller, applied before the decision, in order:
 --   S SLOT ID X                      settle: the request left at X
 --   M PREV X                         settled again later: move PREV to X
---   O SENTAT LIMIT REMAINING RESETAT PERIOD RESERVE KEEPFOR REPLACE [COUNT WINDOW]...
+--   O SENTAT LIMIT REMAINING RESETAT PERIOD RESERVE KEEPFOR REPLACE DELAY [COUNT WINDOW]...
 --                                    observe (RESETAT 0: none)
 --   L [COUNT WINDOW]...              keep what these limits need (before A)
 --   A X...                           sends made elsewhere (the proxy's local
@@ -663,8 +680,8 @@ end
 
 local function applyObserve(v)
   local o = {sentAt = v[1], limit = v[2], remaining = v[3], resetAt = v[4], period = v[5], reserve = v[6],
-             keepFor = v[7], replace = v[8] == 1, limits = {}}
-  for p = 9, #v, 2 do o.limits[#o.limits + 1] = {count = v[p], window = v[p + 1]} end
+             keepFor = v[7], replace = v[8] == 1, delay = v[9], limits = {}}
+  for p = 10, #v, 2 do o.limits[#o.limits + 1] = {count = v[p], window = v[p + 1]} end
   K.exists = true
   if #o.limits > 0 and o.keepFor > 0 then
     local tg = teach()
@@ -676,12 +693,7 @@ local function applyObserve(v)
   if o.remaining < 0 or o.resetAt == 0 then return end
   local untilT = o.resetAt
   if untilT <= t then return end
-  local from = NOTIME
-  if o.period > 0 then
-    from = untilT - o.period
-    K.mw = math.max(K.mw, o.period)
-  end
-  observe(o, t, o.sentAt, untilT, from)
+  observe(o, t, o.sentAt, untilT)
 end
 
 -- begin loads the key, sets the time and applies the queued operations

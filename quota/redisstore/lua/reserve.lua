@@ -54,7 +54,9 @@ elseif at - t <= maxWait or (wakeable and maxWait > 0) then
   end
 else
   -- refused: with a booking for its retry when asked and the queue has room
-  if wakeable then
+  if wakeable and K.tg and K.tg.probing and K.tg.probeID ~= 0 then
+    -- the key waits for a probe's outcome: no time is known (a key waiting
+    -- for the upstream's reset is told that reset)
     return answer(false, math.min(at, t + REFUSAL_WAIT), 0, 0, binding, false, held, false, false, false)
   elseif held or grace <= 0 then
     return answer(false, at, 0, 0, binding, false, held, false, false, false)

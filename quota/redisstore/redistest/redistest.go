@@ -46,9 +46,10 @@ type Server struct {
 	dir  string
 	args []string
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
-	out *bytes.Buffer
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
+	out  *bytes.Buffer
 }
 
 // URL is the server's redis:// URL.
@@ -100,7 +101,7 @@ func (s *Server) start(bin string) error {
 		err := c.Ping(ctx).Err()
 		cancel()
 		if err == nil {
-			s.cmd = cmd
+			s.cmd, s.done = cmd, done
 			return nil
 		}
 		select {
@@ -126,7 +127,7 @@ func (s *Server) Stop() {
 		return
 	}
 	s.cmd.Process.Kill()
-	s.cmd.Wait()
+	<-s.done // the goroutine start left waits for it
 	s.cmd = nil
 }
 
