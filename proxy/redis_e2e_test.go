@@ -83,10 +83,10 @@ func load(ctx context.Context, rs []*replica, clients int, url, key string) []ou
 					resp, err := c.Do(req)
 					o := outcome{replica: i, took: time.Since(start), at: start, err: err}
 					if err == nil {
-						b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+						head, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 						io.Copy(io.Discard, resp.Body)
 						resp.Body.Close()
-						o.body = string(b)
+						o.body = string(head)
 						o.status, o.retry = resp.StatusCode, resp.Header.Get("Retry-After")
 					} else if ctx.Err() != nil {
 						return
