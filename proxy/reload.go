@@ -23,6 +23,7 @@ type fixedSettings struct {
 	requests      config.Requests // the listeners' header bounds
 	maxLogged     int             // log.max_path_bytes
 	resources     config.Resources
+	store         string // the store section: the store is built once, at start
 }
 
 func fixedOf(cfg *config.Config) fixedSettings {
@@ -37,6 +38,7 @@ func fixedOf(cfg *config.Config) fixedSettings {
 		requests:  cfg.Requests,
 		maxLogged: cfg.Log.MaxPathBytes,
 		resources: cfg.Resources,
+		store:     fmt.Sprintf("%+v", cfg.Store),
 	}
 }
 
@@ -63,6 +65,9 @@ func (f fixedSettings) changed(g fixedSettings) []string {
 	}
 	if f.resources != g.resources {
 		fields = append(fields, "resources")
+	}
+	if f.store != g.store {
+		fields = append(fields, "store")
 	}
 	return fields
 }

@@ -138,6 +138,9 @@ func TestReloadRefusesAndKeepsTheRunningPolicy(t *testing.T) {
 		{"new timeouts", func() (*config.Config, error) {
 			return config.Parse("test.yaml", []byte(p.prefix+"timeouts: {dial: 1s}\n"+base))
 		}, "timeouts changed: restart the proxy"},
+		{"another store", func() (*config.Config, error) {
+			return config.Parse("test.yaml", []byte(p.prefix+"store: {on_store_error: reject}\n"+base))
+		}, "store changed: restart the proxy"},
 		{"a config that did not go through Parse", func() (*config.Config, error) {
 			cfg, err := config.Parse("test.yaml", []byte(p.prefix+base))
 			if err == nil {
@@ -152,11 +155,11 @@ func TestReloadRefusesAndKeepsTheRunningPolicy(t *testing.T) {
 			t.Errorf("reload of %s: %v, want an error containing %q", tc.name, err, tc.want)
 		}
 	}
-	if got := p.srv.Reloads(); got != (proxy.ReloadCounts{Refused: 5}) {
-		t.Errorf("Reloads() = %+v, want 5 refused", got)
+	if got := p.srv.Reloads(); got != (proxy.ReloadCounts{Refused: 6}) {
+		t.Errorf("Reloads() = %+v, want 6 refused", got)
 	}
-	if n := strings.Count(p.logs.String(), `"msg":"reload refused"`); n != 5 {
-		t.Errorf("%d reload refused log lines, want 5", n)
+	if n := strings.Count(p.logs.String(), `"msg":"reload refused"`); n != 6 {
+		t.Errorf("%d reload refused log lines, want 6", n)
 	}
 	for i, want := range []int{200, 429} {
 		if code, _, _ := get(t, c, "http://api.test/", "k"); code != want {
