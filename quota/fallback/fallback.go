@@ -140,8 +140,9 @@ type replayKey struct {
 }
 
 var (
-	_ quota.Store     = (*Store)(nil)
-	_ quota.Inspector = (*Store)(nil)
+	_ quota.Store        = (*Store)(nil)
+	_ quota.Inspector    = (*Store)(nil)
+	_ quota.MarginSharer = (*Store)(nil)
 )
 
 // New returns a Store over shared.
@@ -524,4 +525,32 @@ func (s *Store) Inspect(ctx context.Context, key string, limits []quota.Limit) (
 		}
 	}
 	return s.local.Inspect(ctx, key, s.divide(limits))
+}
+
+// ShareMargin implements quota.MarginSharer when the shared store does;
+// while it fails, the margin stays with this proxy.
+func (s *Store) ShareMargin(ctx context.Context, upstream string, margin time.Duration, setAt time.Time) error {
+	ms, ok := s.shared.(quota.MarginSharer)
+	if !ok || s.down.Load() {
+		return nil
+	}
+	err := ms.ShareMargin(ctx, upstream, margin, setAt)
+	if s.failed(ctx, err) {
+		return nil
+	}
+	return err
+}
+
+// SharedMargin implements quota.MarginSharer: none while the shared store
+// fails.
+func (s *Store) SharedMargin(ctx context.Context, upstream string) (time.Duration, time.Time, error) {
+	ms, ok := s.shared.(quota.MarginSharer)
+	if !ok || s.down.Load() {
+		return 0, time.Time{}, nil
+	}
+	d, at, err := ms.SharedMargin(ctx, upstream)
+	if s.failed(ctx, err) {
+		return 0, time.Time{}, nil
+	}
+	return d, at, err
 }

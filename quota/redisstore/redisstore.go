@@ -87,8 +87,9 @@ type Store struct {
 }
 
 var (
-	_ quota.Store     = (*Store)(nil)
-	_ quota.Inspector = (*Store)(nil)
+	_ quota.Store        = (*Store)(nil)
+	_ quota.Inspector    = (*Store)(nil)
+	_ quota.MarginSharer = (*Store)(nil)
 )
 
 // New returns a Store on opts.Client. It checks the schema and measures
@@ -481,6 +482,56 @@ func (s *Store) KeyNames(key string) []string { return s.keys(tag(key)) }
 
 // Client returns the store's Redis client.
 func (s *Store) Client() redis.UniversalClient { return s.rdb }
+
+// shareMarginScript keeps the margin set latest: KEYS[1] holds
+// "NANOSECONDS SETAT_UNIXNANO"; ARGV are the new pair and the TTL in ms.
+var shareMarginScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local at = tonumber(string.match(cur, ' (%d+)$'))
+  if at and at >= tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[3])
+return 1`)
+
+// marginTTL is how long a shared margin outlives its last setting.
+const marginTTL = 24 * time.Hour
+
+func (s *Store) marginKey(upstream string) string {
+	return s.prefix + ":v" + Schema + ":margin:{" + tag(upstream) + "}"
+}
+
+// ShareMargin implements quota.MarginSharer: the margin set latest wins.
+func (s *Store) ShareMargin(ctx context.Context, upstream string, margin time.Duration, setAt time.Time) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	err := shareMarginScript.Run(ctx, s.rdb, []string{s.marginKey(upstream)},
+		int64(margin), setAt.UnixNano(), marginTTL.Milliseconds()).Err()
+	if err != nil {
+		return fmt.Errorf("redisstore: %w", err)
+	}
+	return nil
+}
+
+// SharedMargin implements quota.MarginSharer.
+func (s *Store) SharedMargin(ctx context.Context, upstream string) (time.Duration, time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	v, err := s.rdb.Get(ctx, s.marginKey(upstream)).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, time.Time{}, nil
+	}
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("redisstore: %w", err)
+	}
+	d, at, ok := strings.Cut(v, " ")
+	nd, err1 := strconv.ParseInt(d, 10, 64)
+	nat, err2 := strconv.ParseInt(at, 10, 64)
+	if !ok || err1 != nil || err2 != nil {
+		return 0, time.Time{}, fmt.Errorf("redisstore: margin of %s: %q is not NANOSECONDS SETAT", upstream, v)
+	}
+	return time.Duration(nd), time.Unix(0, nat), nil
+}
 
 // Ping reports whether Redis answers (and the store is ready to use it).
 func (s *Store) Ping(ctx context.Context) error {

@@ -51,3 +51,28 @@ func TestConformanceOnCluster(t *testing.T) {
 	defer rdb.Close()
 	storetest.Run(t, func(t *testing.T, clock quota.Clock) quota.Store { return open(t, rdb, clock) })
 }
+
+// TestMarginsAreSharedLatestWins: a window margin one proxy learns reaches
+// the others through Redis; an older setting never replaces a newer one.
+func TestMarginsAreSharedLatestWins(t *testing.T) {
+	rdb, err := redisstore.NewClient(redistest.URL(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	a := open(t, rdb, nil)
+	ctx := context.Background()
+	if d, at, err := a.SharedMargin(ctx, "api"); err != nil || d != 0 || !at.IsZero() {
+		t.Fatalf("no margin shared yet: %v %v %v", d, at, err)
+	}
+	now := time.Unix(1_800_000_000, 5)
+	if err := a.ShareMargin(ctx, "api", 40*time.Millisecond, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ShareMargin(ctx, "api", 10*time.Millisecond, now.Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if d, at, err := a.SharedMargin(ctx, "api"); err != nil || d != 40*time.Millisecond || !at.Equal(now) {
+		t.Errorf("shared margin %v set at %v (%v), want 40ms at %v: the older setting replaced the newer", d, at, err, now)
+	}
+}
