@@ -48,7 +48,7 @@ need_bench() {
 }
 need_sdk() {
   echo "node nodejs"
-  echo "npm npm"
+  echo "npm nodejs" # this kind of machine installs Node.js from NodeSource, npm included
   echo "python3:requests python3-requests"
 }
 

@@ -21,8 +21,7 @@ var packageCommands = map[string][]string{
 	"nginx-light":  {"nginx"},
 	"tinyproxy":    {"tinyproxy"},
 	"mitmproxy":    {"mitmdump"},
-	"nodejs":       {"node"},
-	"npm":          {"npm"},
+	"nodejs":       {"node", "npm"}, // NodeSource's package brings npm
 	// A module of Debian's Python: the stub python3 finds it by this file.
 	"python3-requests": {"python3-requests.module"},
 }
@@ -241,7 +240,7 @@ func TestDepsSDKInstallsNodeAndPythonRequestsThenRunsNpmCiOnce(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d, want 0:\n%s", code, out)
 	}
-	want := []string{"update -qq", "install -y -qq --no-install-recommends nodejs npm python3-requests", "npm ci --no-audit --no-fund --loglevel=error"}
+	want := []string{"update -qq", "install -y -qq --no-install-recommends nodejs python3-requests", "npm ci --no-audit --no-fund --loglevel=error"}
 	if calls := sb.aptCalls(t); strings.Join(calls, "\n") != strings.Join(want, "\n") {
 		t.Errorf("calls:\n%s\nwant:\n%s", strings.Join(calls, "\n"), strings.Join(want, "\n"))
 	}
