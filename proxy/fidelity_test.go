@@ -277,6 +277,25 @@ func TestRetriesAtRetryAfterSucceed(t *testing.T) {
 	}
 }
 
+// latentDial dials through the simulation's network with a delay of 0 to
+// most (uniform, whole milliseconds, from seed) on every write.
+func (s *sim) latentDial(most time.Duration, seed uint64) func(context.Context, string, string) (net.Conn, error) {
+	rng := rand.New(rand.NewPCG(seed, seed))
+	var mu sync.Mutex
+	jitter := func() time.Duration {
+		mu.Lock()
+		defer mu.Unlock()
+		return time.Duration(rng.IntN(int(most/time.Millisecond)+1)) * time.Millisecond
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := s.net.Dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return newLatentConn(c, jitter), nil
+	}
+}
+
 // TestMarginFollowsTheVendor: the vendor counts with an exact sliding log
 // behind a path that delays each request by 0 to 60ms, so requests the
 // proxy sent a window plus its default 10ms margin apart can arrive less
@@ -289,20 +308,7 @@ func TestMarginFollowsTheVendor(t *testing.T) {
 	runSim(t, func(t *testing.T, s *sim) {
 		v := s.vendor("vendor.test:80", "closient", n, w)
 		v.sliding = true
-		rng := rand.New(rand.NewPCG(5, 5))
-		var mu sync.Mutex
-		jitter := func() time.Duration {
-			mu.Lock()
-			defer mu.Unlock()
-			return time.Duration(rng.IntN(61)) * time.Millisecond
-		}
-		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := s.net.Dial(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return newLatentConn(c, jitter), nil
-		}
+		dial := s.latentDial(60*time.Millisecond, 5)
 		p := s.proxyDial(vendorYAML(v, "closient", fmt.Sprintf("limits: [%d/%v]\nmax_wait: 30s\nthrottle: {min_wait: 100ms}\n", n, w)), quota.NewMemoryStore(nil), dial)
 		ctx, cancel := context.WithTimeout(context.Background(), windows*w)
 		defer cancel()
@@ -382,20 +388,7 @@ func TestLearnedMarginIsSharedThroughTheStore(t *testing.T) {
 		store := &sharingStore{MemoryStore: quota.NewMemoryStore(nil), margin: map[string]time.Duration{}, setAt: map[string]time.Time{}}
 		v := s.vendor("vendor.test:80", "closient", n, w)
 		v.sliding = true
-		rng := rand.New(rand.NewPCG(5, 5))
-		var mu sync.Mutex
-		jitter := func() time.Duration {
-			mu.Lock()
-			defer mu.Unlock()
-			return time.Duration(rng.IntN(61)) * time.Millisecond
-		}
-		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := s.net.Dial(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return newLatentConn(c, jitter), nil
-		}
+		dial := s.latentDial(60*time.Millisecond, 5)
 		limits := fmt.Sprintf("limits: [%d/%v]\nmax_wait: 30s\nthrottle: {min_wait: 100ms}\n", n, w)
 		a := s.proxyDial(vendorYAML(v, "closient", limits), store, dial)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*w)

@@ -13,17 +13,8 @@ import (
 )
 
 func runCheck(c *cli, cmd *command, args []string) error {
-	var cf configFlags
-	fs := cmd.flags()
-	cf.register(fs, true)
-	if ok, err := cmd.parse(c, fs, args); !ok {
-		return err
-	}
-	if err := noArgs(cmd, fs); err != nil {
-		return err
-	}
-	cfg, err := cf.load()
-	if err != nil {
+	cfg, cf, err := configVerb(c, cmd, args, nil)
+	if cfg == nil {
 		return err
 	}
 	if _, err := proxy.Compile(cfg); err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"net"
 	"net/url"
@@ -10,18 +11,11 @@ import (
 )
 
 func runEnv(c *cli, cmd *command, args []string) error {
-	var cf configFlags
-	fs := cmd.flags()
-	cf.register(fs, true)
-	proxyURL := fs.String("proxy", "", "the proxy's `URL` as applications reach it (default: from listen, loopback when it listens on all interfaces)")
-	if ok, err := cmd.parse(c, fs, args); !ok {
-		return err
-	}
-	if err := noArgs(cmd, fs); err != nil {
-		return err
-	}
-	cfg, err := cf.load()
-	if err != nil {
+	var proxyURL *string
+	cfg, _, err := configVerb(c, cmd, args, func(fs *flag.FlagSet) {
+		proxyURL = fs.String("proxy", "", "the proxy's `URL` as applications reach it (default: from listen, loopback when it listens on all interfaces)")
+	})
+	if cfg == nil {
 		return err
 	}
 	u := *proxyURL

@@ -56,3 +56,24 @@ func (f *configFlags) load() (*config.Config, error) {
 	}
 	return cfg, nil
 }
+
+// configVerb parses the flags of a verb that reads the configuration
+// (-config, -data-dir, -listen, -admin, and those extra adds), refuses
+// leftover arguments and loads it. cfg is nil when -h was asked for: the
+// verb then returns err (nil) at once.
+func configVerb(c *cli, cmd *command, args []string, extra func(fs *flag.FlagSet)) (cfg *config.Config, cf *configFlags, err error) {
+	cf = &configFlags{}
+	fs := cmd.flags()
+	cf.register(fs, true)
+	if extra != nil {
+		extra(fs)
+	}
+	if ok, err := cmd.parse(c, fs, args); !ok {
+		return nil, cf, err
+	}
+	if err := noArgs(cmd, fs); err != nil {
+		return nil, cf, err
+	}
+	cfg, err = cf.load()
+	return cfg, cf, err
+}

@@ -20,20 +20,11 @@ import (
 )
 
 func runServe(c *cli, cmd *command, args []string) error {
-	var cf configFlags
-	fs := cmd.flags()
-	cf.register(fs, true)
-	if ok, err := cmd.parse(c, fs, args); !ok {
+	cfg, cf, err := configVerb(c, cmd, args, nil)
+	if cfg == nil {
 		return err
 	}
-	if err := noArgs(cmd, fs); err != nil {
-		return err
-	}
-	cfg, err := cf.load()
-	if err != nil {
-		return err
-	}
-	return serve(cfg, &cf, c.stderr)
+	return serve(cfg, cf, c.stderr)
 }
 
 func serve(cfg *config.Config, cf *configFlags, stderr io.Writer) error {
