@@ -33,13 +33,21 @@ func missingDep(t *testing.T, what string) {
 	t.Skipf("%s is missing (NO_INSTALL=1?): skipped; bash scripts/deps.sh sdk installs it", what)
 }
 
-// needSDKs returns the node command, once node and every npm package of
-// sdkDir are there.
+// needSDKs returns the node command, once a Node.js of at least 20 and
+// every npm package of sdkDir are there. It prefers the Node.js the install
+// step put into sdkDir when the machine's was older (scripts/deps.sh).
 func needSDKs(t *testing.T) string {
 	t.Helper()
 	node, err := exec.LookPath("node")
+	if local, _ := filepath.Glob(filepath.Join(sdkDir, ".node", "node_modules", "node-linux-*", "bin", "node")); len(local) > 0 {
+		node, err = filepath.Abs(local[0]) // the clients run in sdkDir
+	}
 	if err != nil {
 		missingDep(t, "node")
+	}
+	out, err := exec.Command(node, "-p", `process.versions.node.split(".")[0]`).Output()
+	if major, _ := strconv.Atoi(strings.TrimSpace(string(out))); err != nil || major < 20 {
+		missingDep(t, "Node.js 20 or newer (found "+node+", major "+strings.TrimSpace(string(out))+")")
 	}
 	for _, pkg := range []string{"@octokit/rest", "@octokit/plugin-throttling", "stripe", "openai", "undici", "https-proxy-agent"} {
 		if _, err := os.Stat(filepath.Join(sdkDir, "node_modules", pkg, "package.json")); err != nil {

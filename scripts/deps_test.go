@@ -21,7 +21,8 @@ var packageCommands = map[string][]string{
 	"nginx-light":  {"nginx"},
 	"tinyproxy":    {"tinyproxy"},
 	"mitmproxy":    {"mitmdump"},
-	"nodejs":       {"node", "npm"}, // NodeSource's package brings npm
+	"nodejs":       {"node"},
+	"npm":          {"npm"},
 	// A module of Debian's Python: the stub python3 finds it by this file.
 	"python3-requests": {"python3-requests.module"},
 }
@@ -30,6 +31,7 @@ var packageCommands = map[string][]string{
 // arguments beside apt-get's and makes node_modules; Debian's Python
 // imports a module when its package was installed.
 var stubBodies = map[string]string{
+	"node":    `echo "${STUB_NODE_MAJOR:-20}"`,
 	"npm":     `echo "npm $*" >> "$(dirname "$0")/../apt.log"; mkdir -p node_modules`,
 	"python3": `[ -f "$(dirname "$0")/python3-$(echo "$2" | cut -d' ' -f2).module" ]`,
 }
@@ -52,7 +54,7 @@ func newSandbox(t *testing.T, failOn string, installs bool) *sandbox {
 	if err := os.Mkdir(sb.bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, tool := range []string{"bash", "id", "chmod", "dirname", "cmp", "cp", "mkdir", "cut"} {
+	for _, tool := range []string{"bash", "id", "chmod", "dirname", "cmp", "cp", "mkdir", "cut", "uname"} {
 		path, err := exec.LookPath(tool)
 		if err != nil {
 			t.Fatalf("%s: %v", tool, err)
@@ -240,7 +242,7 @@ func TestDepsSDKInstallsNodeAndPythonRequestsThenRunsNpmCiOnce(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d, want 0:\n%s", code, out)
 	}
-	want := []string{"update -qq", "install -y -qq --no-install-recommends nodejs python3-requests", "npm ci --no-audit --no-fund --loglevel=error"}
+	want := []string{"update -qq", "install -y -qq --no-install-recommends nodejs npm python3-requests", "npm ci --no-audit --no-fund --loglevel=error"}
 	if calls := sb.aptCalls(t); strings.Join(calls, "\n") != strings.Join(want, "\n") {
 		t.Errorf("calls:\n%s\nwant:\n%s", strings.Join(calls, "\n"), strings.Join(want, "\n"))
 	}
@@ -259,6 +261,34 @@ func TestDepsSDKInstallsNodeAndPythonRequestsThenRunsNpmCiOnce(t *testing.T) {
 	}
 	if code, out := sb.run(t, env, "sdk"); code != 0 || len(sb.aptCalls(t)) != 4 {
 		t.Errorf("after the lock file changed: exit %d, %d calls in all (want 0 and 4):\n%s", code, len(sb.aptCalls(t)), out)
+	}
+}
+
+// TestDepsSDKBringsNode20WhenTheMachinesIsOlder: Debian 12's own nodejs is
+// 18, older than the SDKs need; the install step then takes Node.js 20 from
+// the npm registry into the SDK project (once) and runs npm ci with it.
+func TestDepsSDKBringsNode20WhenTheMachinesIsOlder(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("the install path runs apt-get directly only as root; otherwise through sudo")
+	}
+	sb := newSandbox(t, "", true)
+	env, sdkDir := sb.sdkEnv(t)
+	env = append(env, "STUB_NODE_MAJOR=18")
+	code, out := sb.run(t, env, "sdk")
+	if code != 0 {
+		t.Fatalf("exit %d, want 0:\n%s", code, out)
+	}
+	calls := sb.aptCalls(t)
+	want := "npm install --prefix " + filepath.Join(sdkDir, ".node") + " --no-audit --no-fund --loglevel=error node-linux-"
+	found := false
+	for _, c := range calls {
+		found = found || strings.HasPrefix(c, want)
+	}
+	if !found || calls[len(calls)-1] != "npm ci --no-audit --no-fund --loglevel=error" {
+		t.Errorf("calls:\n%s\nwant one starting %q, then npm ci", strings.Join(calls, "\n"), want)
+	}
+	if !strings.Contains(out, "older than the SDKs need (20)") {
+		t.Errorf("the output does not say why it installs Node.js:\n%s", out)
 	}
 }
 
