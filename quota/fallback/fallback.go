@@ -121,8 +121,9 @@ type Store struct {
 	log    *zap.Logger
 
 	down    atomic.Bool
-	mu      sync.Mutex // guards what follows
-	since   time.Time  // when the store went down
+	mu      sync.Mutex    // guards what follows
+	since   time.Time     // when the store went down
+	gen     atomic.Uint64 // counts the recoveries: calls made before one do not take the store down
 	cause   error
 	probing bool
 	replay  map[string]*replayKey
@@ -186,15 +187,19 @@ func (s *Store) Close() {
 // Down reports whether the store is deciding without the shared store.
 func (s *Store) Down() bool { return s.down.Load() }
 
-// failed notes a failure of the shared store. A failure caused by the
-// caller's own context (the client left) is not the store's.
-func (s *Store) failed(ctx context.Context, err error) bool {
+// failed notes a failure of the shared store, for a call made while the
+// store was up in generation gen. A failure caused by the caller's own
+// context (the client left) is not the store's. A call made before the
+// store last came back (it waited out the outage and failed just after)
+// is decided without the store, but does not take it down again: one
+// outage is one failure and one recovery.
+func (s *Store) failed(ctx context.Context, gen uint64, err error) bool {
 	if err == nil || ctx.Err() != nil || errors.Is(err, quota.ErrNoKey) {
 		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.down.Load() {
+	if s.down.Load() || gen != s.gen.Load() {
 		return true
 	}
 	s.down.Store(true)
@@ -259,6 +264,7 @@ func (s *Store) recover() bool {
 		zap.Int("replayed_keys", len(replay)), zap.Int("sends_not_replayed", dropped+s.dropped),
 		zap.Int("holds", len(holds)), zap.Int("replay_errors", errs))
 	s.replay, s.holds, s.kept, s.dropped = map[string]*replayKey{}, map[string]time.Time{}, 0, 0
+	s.gen.Add(1)
 	s.down.Store(false)
 	s.probing = false
 	return true
@@ -313,8 +319,9 @@ func isLocal(r quota.Reservation) bool { return r.ID&localBit != 0 }
 // Reserve implements quota.Store.
 func (s *Store) Reserve(ctx context.Context, req quota.Request) (quota.Reservation, error) {
 	if !s.down.Load() {
+		gen := s.gen.Load()
 		r, err := s.shared.Reserve(ctx, req)
-		if !s.failed(ctx, err) {
+		if !s.failed(ctx, gen, err) {
 			return r, err
 		}
 	}
@@ -355,8 +362,9 @@ func (s *Store) Release(ctx context.Context, r quota.Reservation) (quota.Reserva
 		return s.fromLocal(lr, own), err
 	}
 	if !s.down.Load() {
+		gen := s.gen.Load()
 		out, err := s.shared.Release(ctx, r)
-		if !s.failed(ctx, err) {
+		if !s.failed(ctx, gen, err) {
 			return out, err
 		}
 	}
@@ -452,8 +460,9 @@ func (s *Store) Cancel(ctx context.Context, r quota.Reservation) error {
 	if s.down.Load() || !r.OK || r.ID == 0 {
 		return nil // its entry lapses in the shared store
 	}
+	gen := s.gen.Load()
 	err := s.shared.Cancel(ctx, r)
-	if s.failed(ctx, err) {
+	if s.failed(ctx, gen, err) {
 		return nil
 	}
 	return err
@@ -463,8 +472,9 @@ func (s *Store) Cancel(ctx context.Context, r quota.Reservation) error {
 // kept locally and given to the shared store when it is back.
 func (s *Store) Hold(ctx context.Context, key string, d time.Duration) error {
 	if !s.down.Load() {
+		gen := s.gen.Load()
 		err := s.shared.Hold(ctx, key, d)
-		if !s.failed(ctx, err) {
+		if !s.failed(ctx, gen, err) {
 			return err
 		}
 	}
@@ -484,8 +494,9 @@ func (s *Store) EndProbe(ctx context.Context, r quota.Reservation) error {
 	if s.down.Load() {
 		return nil
 	}
+	gen := s.gen.Load()
 	err := s.shared.EndProbe(ctx, r)
-	if s.failed(ctx, err) {
+	if s.failed(ctx, gen, err) {
 		return nil
 	}
 	return err
@@ -495,8 +506,9 @@ func (s *Store) EndProbe(ctx context.Context, r quota.Reservation) error {
 // report goes to the local store, divided as the limits are.
 func (s *Store) Observe(ctx context.Context, key string, o quota.Observation) error {
 	if !s.down.Load() {
+		gen := s.gen.Load()
 		err := s.shared.Observe(ctx, key, o)
-		if !s.failed(ctx, err) {
+		if !s.failed(ctx, gen, err) {
 			return err
 		}
 	}
@@ -519,8 +531,9 @@ func (s *Store) Observe(ctx context.Context, key string, o quota.Observation) er
 // local one while it fails.
 func (s *Store) Inspect(ctx context.Context, key string, limits []quota.Limit) (quota.KeyState, error) {
 	if in, ok := s.shared.(quota.Inspector); ok && !s.down.Load() {
+		gen := s.gen.Load()
 		st, err := in.Inspect(ctx, key, limits)
-		if !s.failed(ctx, err) {
+		if !s.failed(ctx, gen, err) {
 			return st, err
 		}
 	}
@@ -534,8 +547,9 @@ func (s *Store) ShareMargin(ctx context.Context, upstream string, margin time.Du
 	if !ok || s.down.Load() {
 		return nil
 	}
+	gen := s.gen.Load()
 	err := ms.ShareMargin(ctx, upstream, margin, setAt)
-	if s.failed(ctx, err) {
+	if s.failed(ctx, gen, err) {
 		return nil
 	}
 	return err
@@ -548,8 +562,9 @@ func (s *Store) SharedMargin(ctx context.Context, upstream string) (time.Duratio
 	if !ok || s.down.Load() {
 		return 0, time.Time{}, nil
 	}
+	gen := s.gen.Load()
 	d, at, err := ms.SharedMargin(ctx, upstream)
-	if s.failed(ctx, err) {
+	if s.failed(ctx, gen, err) {
 		return 0, time.Time{}, nil
 	}
 	return d, at, err

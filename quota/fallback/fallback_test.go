@@ -28,6 +28,8 @@ type shared struct {
 	limits   map[string][]quota.Limit
 	holds    map[string]time.Duration
 	barrier  *sync.WaitGroup
+	slow     chan struct{} // a Reserve of key "slow" says so on entered, then waits for it
+	entered  chan struct{}
 }
 
 func newShared(clock quota.Clock) *shared {
@@ -44,6 +46,10 @@ func (s *shared) err() error {
 }
 
 func (s *shared) Reserve(ctx context.Context, req quota.Request) (quota.Reservation, error) {
+	if req.Key == "slow" && s.slow != nil {
+		s.entered <- struct{}{}
+		<-s.slow
+	}
 	if s.barrier != nil {
 		s.barrier.Done()
 		s.barrier.Wait() // every caller is inside before any fails
@@ -227,6 +233,45 @@ func TestAFailureSeenByManyCallsIsLoggedOnce(t *testing.T) {
 	if n := len(logs.FilterMessage("quota store unavailable: deciding without it until it answers again").All()); n != 1 {
 		t.Errorf("%d simultaneous failures were logged %d times, want once", callers, n)
 	}
+}
+
+// TestACallFromBeforeTheRecoveryDoesNotTakeTheStoreDownAgain: a call that
+// waited out the outage and fails just after the store came back is
+// decided without the store, but one outage stays one failure and one
+// recovery (a flap seen under CLIENT PAUSE on a loaded machine).
+func TestACallFromBeforeTheRecoveryDoesNotTakeTheStoreDownAgain(t *testing.T) {
+	log, logs := observed()
+	sh := newShared(nil)
+	sh.slow, sh.entered = make(chan struct{}), make(chan struct{})
+	s := fallback.New(sh, fallback.Options{Mode: fallback.Local, Log: log, ProbeEvery: 5 * time.Millisecond})
+	defer s.Close()
+	slowDone := make(chan error, 1)
+	go func() {
+		_, err := s.Reserve(context.Background(), quota.Request{Key: "slow"})
+		slowDone <- err
+	}()
+	<-sh.entered // the slow call is inside the shared store
+	sh.down.Store(true)
+	s.Reserve(context.Background(), quota.Request{Key: "other"}) // fails: down
+	if !s.Down() {
+		t.Fatal("the failure did not take the store down")
+	}
+	sh.down.Store(false)
+	waitUp(t, s)
+	sh.down.Store(true) // the slow call fails after the recovery
+	close(sh.slow)
+	if err := <-slowDone; err != nil {
+		t.Fatalf("the slow call: %v, want it decided without the store", err)
+	}
+	if s.Down() {
+		t.Error("a call from before the recovery took the store down again")
+	}
+	failures := len(logs.FilterMessage("quota store unavailable: deciding without it until it answers again").All())
+	recoveries := len(logs.FilterMessage("quota store back: deciding with it again").All())
+	if failures != 1 || recoveries != 1 {
+		t.Errorf("failure logged %d times, recovery %d times; want once each", failures, recoveries)
+	}
+	sh.down.Store(false)
 }
 
 func TestRejectModeAnswersUnavailableWithRetryAfter(t *testing.T) {
