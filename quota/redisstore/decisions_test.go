@@ -30,7 +30,26 @@ var update = flag.Bool("update", false, "rewrite testdata/decisions.golden from 
 // not change a decision. Regenerate it (go test -run Golden -update) only
 // for a change of meaning, and say so.
 func TestDecisionsMatchTheGoldenTrace(t *testing.T) {
-	rdb, err := redisstore.NewClient(redistest.URL(t), nil)
+	checkGolden(t, redistest.URL(t))
+}
+
+// TestWithoutFunctionsScriptsDecideTheSame: on a Redis without functions
+// (before 7, or FUNCTION renamed away) the store runs its decisions as
+// scripts, which answer as the golden trace says.
+func TestWithoutFunctionsScriptsDecideTheSame(t *testing.T) {
+	srv := redistest.Start(t, "--rename-command", "FUNCTION", "")
+	checkGolden(t, srv.URL())
+	stats, err := srv.Client(t).Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stats, "cmdstat_evalsha:") {
+		t.Errorf("no script ran:\n%s", stats)
+	}
+}
+
+func checkGolden(t *testing.T, url string) {
+	rdb, err := redisstore.NewClient(url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

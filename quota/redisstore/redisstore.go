@@ -2,9 +2,10 @@
 // that every replica of the proxy sharing it shares each key's quota: its
 // send times, queue, holds, probes, budgets and learned windows.
 //
-// Every decision is one Lua script (EVALSHA, loaded again on NOSCRIPT)
-// that makes the same steps as the memory store (quota/key.go) on the
-// key's state in Redis, with the time read from Redis TIME inside the
+// Every decision is one call of a Lua function (FCALL of a library the
+// store loads with FUNCTION LOAD, and loads again when Redis lost it; on a
+// Redis before 7, a script run with EVALSHA) that makes the same steps as
+// the memory store (quota/key.go) on the key's state in Redis, with the time read from Redis TIME inside the
 // script, so replicas whose clocks disagree still share one timeline.
 // Times the caller measures (when a request was sent, when the upstream's
 // window resets) are converted with a measured bound on the local-to-Redis
@@ -80,6 +81,11 @@ type Store struct {
 
 	readyMu sync.Mutex  // held by the one call that gets the store ready
 	ready   atomic.Bool // the schema was checked and the clock offset measured
+
+	scriptsOnly bool          // never load the library (tests of the scripts)
+	functions   atomic.Bool   // the library is loaded: FCALL, not EVALSHA
+	loadMu      sync.Mutex    // held while the library is loaded again
+	loads       atomic.Uint64 // counts the loads after the first
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -208,6 +214,9 @@ func (s *Store) getReady(ctx context.Context) error {
 	if err := s.checkSchema(ctx); err != nil {
 		return err
 	}
+	if err := s.chooseFunctions(ctx); err != nil {
+		return err
+	}
 	if err := s.tb.measure(ctx, s.rdb); err != nil {
 		return fmt.Errorf("redisstore: reading the Redis clock: %w", err)
 	}
@@ -248,7 +257,7 @@ func (s *Store) keys(t string) []string {
 // call runs a script on key after the operations queued for it, within
 // ctx and the store's timeout. The first result, for wakeable calls, is
 // the Wake channel to hand out when wakeable says so.
-func (s *Store) call(ctx context.Context, sc *redis.Script, key string, wakeable func([]int64) (bool, bool), args ...any) ([]int64, <-chan struct{}, error) {
+func (s *Store) call(ctx context.Context, e entry, key string, wakeable func([]int64) (bool, bool), args ...any) ([]int64, <-chan struct{}, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	if err := s.getReady(ctx); err != nil {
@@ -264,7 +273,7 @@ func (s *Store) call(ctx context.Context, sc *redis.Script, key string, wakeable
 	argv := make([]any, 0, 2+len(args))
 	argv = append(argv, s.tb.nowArg(), ops)
 	argv = append(argv, args...)
-	res, err := sc.Run(ctx, s.rdb, s.keys(t), argv...).Int64Slice()
+	res, err := s.run(ctx, e, s.keys(t), argv...).Int64Slice()
 	if finish != nil {
 		finish(err == nil)
 	}
@@ -315,7 +324,7 @@ func (s *Store) Reserve(ctx context.Context, req quota.Request) (quota.Reservati
 	if req.Scout {
 		scout = "1"
 	}
-	res, wake, err := s.call(ctx, reserveScript, req.Key, func(v []int64) (bool, bool) { return v[12] == 1, v[11] == 1 },
+	res, wake, err := s.call(ctx, lib.reserve, req.Key, func(v []int64) (bool, bool) { return v[12] == 1, v[11] == 1 },
 		formatLimits(req.Limits), floorMicro(int64(req.MaxWait)), req.MaxQueue, scout,
 		durMicro(req.Book.Round), durMicro(req.Book.Grace), durMicro(req.Book.Early))
 	if err != nil {
@@ -353,7 +362,7 @@ func (s *Store) Release(ctx context.Context, r quota.Reservation) (quota.Reserva
 	if r.Scout {
 		scout = "1"
 	}
-	res, wake, err := s.call(ctx, releaseScript, r.Key, func(v []int64) (bool, bool) { return v[9] == 1, v[8] == 1 },
+	res, wake, err := s.call(ctx, lib.release, r.Key, func(v []int64) (bool, bool) { return v[9] == 1, v[8] == 1 },
 		formatLimits(r.Limits), r.Slot.UnixMicro(), r.ID, scout)
 	if err != nil {
 		return r, err
@@ -406,7 +415,7 @@ func (s *Store) Cancel(ctx context.Context, r quota.Reservation) error {
 	if !r.OK || r.ID == 0 {
 		return nil
 	}
-	_, _, err := s.call(ctx, cancelScript, r.Key, lastWoke, r.Slot.UnixMicro(), r.ID)
+	_, _, err := s.call(ctx, lib.cancel, r.Key, lastWoke, r.Slot.UnixMicro(), r.ID)
 	return err
 }
 
@@ -416,7 +425,7 @@ func (s *Store) Hold(ctx context.Context, key string, d time.Duration) error {
 	if key == "" {
 		return quota.ErrNoKey
 	}
-	_, _, err := s.call(ctx, holdScript, key, lastWoke, durMicro(d))
+	_, _, err := s.call(ctx, lib.hold, key, lastWoke, durMicro(d))
 	return err
 }
 
@@ -425,7 +434,7 @@ func (s *Store) EndProbe(ctx context.Context, r quota.Reservation) error {
 	if !r.Probe {
 		return nil
 	}
-	_, _, err := s.call(ctx, endProbeScript, r.Key, lastWoke, r.ID)
+	_, _, err := s.call(ctx, lib.endProbe, r.Key, lastWoke, r.ID)
 	return err
 }
 
@@ -576,7 +585,7 @@ func (s *Store) Inspect(ctx context.Context, key string, limits []quota.Limit) (
 	if key == "" {
 		return quota.KeyState{}, quota.ErrNoKey
 	}
-	res, _, err := s.call(ctx, inspectScript, key, func([]int64) (bool, bool) { return false, false }, formatLimits(limits))
+	res, _, err := s.call(ctx, lib.inspect, key, func([]int64) (bool, bool) { return false, false }, formatLimits(limits))
 	if err != nil {
 		return quota.KeyState{}, err
 	}
@@ -685,7 +694,7 @@ func (s *Store) flushOnce() {
 				names = append(names, s.keys(tag(keys[i]))...)
 				args = append(args, ops[i])
 			}
-			v, err := applyManyScript.Run(ctx, s.rdb, names, args...).Int64Slice()
+			v, err := s.run(ctx, lib.applyMany, names, args...).Int64Slice()
 			for i := lo; i < hi; i++ {
 				if err == nil && i-lo < len(v) && v[i-lo] == 1 {
 					s.wakes.fire(tag(keys[i]))
@@ -696,13 +705,18 @@ func (s *Store) flushOnce() {
 	} else {
 		pipe := s.rdb.Pipeline()
 		cmds := make([]*redis.Cmd, len(keys))
+		functions := s.functions.Load()
 		for i, key := range keys {
-			cmds[i] = applyScript.EvalSha(ctx, pipe, s.keys(tag(key)), now, ops[i])
+			if functions {
+				cmds[i] = pipe.FCall(ctx, lib.apply.fn, s.keys(tag(key)), now, ops[i])
+			} else {
+				cmds[i] = lib.apply.script.EvalSha(ctx, pipe, s.keys(tag(key)), now, ops[i])
+			}
 		}
 		_, _ = pipe.Exec(ctx)
 		for i, cmd := range cmds {
-			if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-				cmd = applyScript.Run(ctx, s.rdb, s.keys(tag(keys[i])), now, ops[i])
+			if err := cmd.Err(); functionMissing(err) || redis.HasErrorPrefix(err, "NOSCRIPT") {
+				cmd = s.run(ctx, lib.apply, s.keys(tag(keys[i])), now, ops[i])
 			}
 			v, err := cmd.Int64Slice()
 			if err == nil && len(v) > 0 && v[0] == 1 {

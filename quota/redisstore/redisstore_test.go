@@ -3,6 +3,7 @@ package redisstore_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -50,6 +51,60 @@ func TestConformanceOnCluster(t *testing.T) {
 	}
 	defer rdb.Close()
 	storetest.Run(t, func(t *testing.T, clock quota.Clock) quota.Store { return open(t, rdb, clock) })
+	t.Run("lost functions are loaded again on every node", func(t *testing.T) {
+		s := open(t, rdb, nil)
+		ctx := context.Background()
+		reserveMany(t, s, "before")
+		err := rdb.(*redis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return c.FunctionFlush(ctx).Err() })
+		if err != nil {
+			t.Fatal(err)
+		}
+		reserveMany(t, s, "after") // keys on every node
+	})
+}
+
+// reserveMany reserves 30 keys (spread over a cluster's nodes).
+func reserveMany(t *testing.T, s *redisstore.Store, name string) {
+	t.Helper()
+	for i := range 30 {
+		r, err := s.Reserve(context.Background(), quota.Request{Key: fmt.Sprintf("%s-%d", name, i), Limits: []quota.Limit{{Count: 1, Window: time.Second}}})
+		if err != nil || !r.OK {
+			t.Fatalf("reserve %s-%d: %+v %v", name, i, r, err)
+		}
+	}
+}
+
+// TestDecisionsAreFunctionCallsLoadedAgainWhenLost: on Redis 7 every
+// decision is an FCALL of the library the store loaded (no script runs),
+// and a Redis that lost the library (FUNCTION FLUSH, or a restart without
+// persistence) gets it again at the next call, which succeeds.
+func TestDecisionsAreFunctionCallsLoadedAgainWhenLost(t *testing.T) {
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	rdb, err := redisstore.NewClient(srv.URL(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	ctx := context.Background()
+	s := open(t, rdb, nil)
+	reserveMany(t, s, "before")
+	if err := admin.FunctionFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	reserveMany(t, s, "after")
+	stats, err := admin.Info(ctx, "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"cmdstat_fcall:calls=", "cmdstat_function|load:calls=2,"} {
+		if !strings.Contains(stats, want) {
+			t.Errorf("INFO commandstats lacks %q:\n%s", want, stats)
+		}
+	}
+	if strings.Contains(stats, "cmdstat_evalsha") || strings.Contains(stats, "cmdstat_eval:") {
+		t.Errorf("a decision ran as a script on Redis 7:\n%s", stats)
+	}
 }
 
 // TestMarginsAreSharedLatestWins: a window margin one proxy learns reaches

@@ -1,5 +1,7 @@
--- key.lua: the decisions of quota/key.go on one key, in Redis. Every script
--- of the store is this file followed by one entry (reserve.lua, ...). Times
+-- key.lua: the decisions of quota/key.go on one key, in Redis. The store
+-- loads this file with one function per decision (reserve.lua, ...) as a
+-- Redis function library (FUNCTION LOAD, FCALL), or, on a Redis without
+-- functions, runs it followed by one entry as a script (EVALSHA). Times
 -- are microseconds since the Unix epoch (exact in Lua's doubles until the
 -- year 2255); the steps, their order and their names follow key.go, so that
 -- the two make the same decisions.
@@ -9,6 +11,8 @@
 -- read and written in place with GETRANGE/SETRANGE), both under one hash tag.
 -- ARGV[1] is "now" (empty: Redis TIME), ARGV[2] the operations the caller
 -- queued for the key (settles, observations), applied first, in order.
+-- Every call begins with setup(keys, args): a library's locals outlive the
+-- call.
 
 local NOTIME = -4611686018427387904 -- -2^62: "no such time"
 local EXACT = 4096                  -- quota.ExactCount
@@ -22,10 +26,18 @@ local SECOND = 1000000
 local TTL_SLACK_MS = 60000          -- every key outlives what it needs by a minute
 local QUEUED, BOOKING, ONWAY = 0, 1, 2
 
-local MK, RK = KEYS[1], KEYS[2] -- applymany.lua moves them from key to key
+local KEYS, ARGV -- the call's keys and arguments
+local MK, RK     -- KEYS[1], KEYS[2]; applymany.lua moves them from key to key
 local K          -- the key's state, loaded by load()
 local t          -- the store's time of this call
 local woke = 0   -- 1 when waiters were told to look again
+
+-- setup starts a call: nothing of the previous one is kept.
+local function setup(keys, args)
+  KEYS, ARGV = keys, args
+  MK, RK = keys[1], keys[2]
+  K, t, woke = nil, nil, 0
+end
 
 local function num(x) return string.format('%.0f', x) end
 
