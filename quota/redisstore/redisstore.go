@@ -17,11 +17,12 @@
 // call on the same key; until then other replicas count the request as on
 // its way, which is the safe side.
 //
-// The keys of one quota key share one hash tag, so Redis Cluster runs the
-// scripts; their names carry the schema version, PREFIX:v1:{TAG}:m (the
-// key's state) and PREFIX:v1:{TAG}:s (its latest send times, packed), where
-// TAG is a hash of the quota key; every key has a TTL of its longest
-// window plus a minute. PREFIX:schema names the schema of the replicas
+// A quota key is one Redis key, PREFIX:v2:{TAG}:m, where TAG is a hash of
+// the quota key (a hash tag: Redis Cluster runs a call on the node that
+// holds it) and v2 the schema version: a string of packed numbers (its
+// scalars, queue, bucket logs, what the upstream taught, and last its
+// latest send times), read with one GET and written with one SET by each
+// call, with a TTL of the longest window plus a minute. PREFIX:schema names the schema of the replicas
 // that use the Redis: a store refuses to run against another.
 package redisstore
 
@@ -44,7 +45,7 @@ import (
 // Schema is the version of the key layout and of the scripts' meaning.
 // Replicas of releases with the same Schema share a Redis (a rolling
 // upgrade); a store refuses a Redis whose PREFIX:schema names another.
-const Schema = "1"
+const Schema = "2"
 
 // ErrSchema is returned when the Redis is used by replicas of another
 // schema.
@@ -250,8 +251,7 @@ func tag(key string) string {
 }
 
 func (s *Store) keys(t string) []string {
-	base := s.prefix + ":v" + Schema + ":{" + t + "}:"
-	return []string{base + "m", base + "s"}
+	return []string{s.prefix + ":v" + Schema + ":{" + t + "}:m"}
 }
 
 // call runs a script on key after the operations queued for it, within
@@ -687,7 +687,7 @@ func (s *Store) flushOnce() {
 		// One script for many keys: on a single Redis they may meet.
 		for lo := 0; lo < len(keys); lo += applyBatch {
 			hi := min(lo+applyBatch, len(keys))
-			names := make([]string, 0, 2*(hi-lo))
+			names := make([]string, 0, hi-lo)
 			args := make([]any, 0, 2+hi-lo)
 			args = append(args, now, "")
 			for i := lo; i < hi; i++ {

@@ -6,9 +6,8 @@
 -- year 2255); the steps, their order and their names follow key.go, so that
 -- the two make the same decisions.
 --
--- KEYS[1] is the key's hash (scalars, open entries, bucket logs, what the
--- upstream taught), KEYS[2] the ring of its latest send times (8 bytes each,
--- read and written in place with GETRANGE/SETRANGE), both under one hash tag.
+-- KEYS[1] is the key's state: one string (see load), read with one GET
+-- and written with one SET.
 -- ARGV[1] is "now" (empty: Redis TIME), ARGV[2] the operations the caller
 -- queued for the key (settles, observations), applied first, in order.
 -- Every call begins with setup(keys, args): a library's locals outlive the
@@ -27,7 +26,7 @@ local TTL_SLACK_MS = 60000          -- every key outlives what it needs by a min
 local QUEUED, BOOKING, ONWAY = 0, 1, 2
 
 local KEYS, ARGV -- the call's keys and arguments
-local MK, RK     -- KEYS[1], KEYS[2]; applymany.lua moves them from key to key
+local MK         -- KEYS[1]; applymany.lua moves it from key to key
 local K          -- the key's state, loaded by load()
 local t          -- the store's time of this call
 local woke = 0   -- 1 when waiters were told to look again
@@ -35,11 +34,9 @@ local woke = 0   -- 1 when waiters were told to look again
 -- setup starts a call: nothing of the previous one is kept.
 local function setup(keys, args)
   KEYS, ARGV = keys, args
-  MK, RK = keys[1], keys[2]
+  MK = keys[1]
   K, t, woke = nil, nil, 0
 end
-
-local function num(x) return string.format('%.0f', x) end
 
 -- floorDiv is exact on doubles holding integers (a / b may round up).
 local function floorDiv(a, b)
@@ -49,56 +46,39 @@ local function floorDiv(a, b)
 end
 
 -- ---------------------------------------------------------------- the ring
--- The send times, ascending, logical index 0 the oldest: physical slot
--- (K.rh + i) % K.hc of the string at RK.
-
-local function rphys(i) return (K.rh + i) % K.hc end
+-- The send times, ascending, are the string K.ring: 8 bytes each (a
+-- big-endian double), index 0 the oldest, K.rn of them, read in place.
+-- It holds at most K.hc.
 
 local function rget(i)
-  local p = rphys(i)
-  return (struct.unpack('>d', redis.call('GETRANGE', RK, p * 8, p * 8 + 7)))
+  return (struct.unpack('>d', K.ring, i * 8 + 1))
 end
 
--- rread returns the bytes of logical [i, j).
+-- rread returns the bytes of [i, j).
 local function rread(i, j)
   if j <= i then return '' end
-  local p, n = rphys(i), j - i
-  if p + n <= K.hc then
-    return redis.call('GETRANGE', RK, p * 8, (p + n) * 8 - 1)
-  end
-  local first = K.hc - p
-  return redis.call('GETRANGE', RK, p * 8, K.hc * 8 - 1) .. redis.call('GETRANGE', RK, 0, (n - first) * 8 - 1)
+  return string.sub(K.ring, i * 8 + 1, j * 8)
 end
 
--- rwrite writes bytes (8 per time) from logical index i on.
-local function rwrite(i, bytes)
-  local n = #bytes / 8
-  if n == 0 then return end
-  local p = rphys(i)
-  local first = math.min(n, K.hc - p)
-  redis.call('SETRANGE', RK, p * 8, string.sub(bytes, 1, first * 8))
-  if n > first then
-    redis.call('SETRANGE', RK, 0, string.sub(bytes, first * 8 + 1))
-  end
-end
-
-local function pack(x) return struct.pack('>d', x) end
-
--- rinsert puts x at logical index i (the ring has room).
+-- rinsert puts x at index i (the ring has room).
 local function rinsert(i, x)
-  rwrite(i, pack(x) .. rread(i, K.rn))
+  local r = K.ring
+  if i == K.rn then
+    K.ring = r .. struct.pack('>d', x)
+  else
+    K.ring = string.sub(r, 1, i * 8) .. struct.pack('>d', x) .. string.sub(r, i * 8 + 1)
+  end
   K.rn = K.rn + 1
 end
 
 local function rdelete(i)
-  rwrite(i, rread(i + 1, K.rn))
+  K.ring = string.sub(K.ring, 1, i * 8) .. string.sub(K.ring, i * 8 + 9)
   K.rn = K.rn - 1
 end
 
 local function rdropFront(n)
-  K.rh = (K.rh + n) % K.hc
+  K.ring = string.sub(K.ring, n * 8 + 1)
   K.rn = K.rn - n
-  if K.rn == 0 then K.rh = 0 end
 end
 
 -- upperBound: the first index whose time is > x; lowerBound: >= x.
@@ -124,12 +104,9 @@ local function lowerBound(x)
   return lo
 end
 
--- rgrow gives the ring room for cap times, keeping what it holds.
+-- rgrow gives the ring room for cap times.
 local function rgrow(cap)
-  if cap <= K.hc then return end
-  local all = rread(0, K.rn)
-  if #all > 0 then redis.call('SET', RK, all) else redis.call('DEL', RK) end
-  K.rh, K.hc = 0, cap
+  if cap > K.hc then K.hc = cap end
 end
 
 -- --------------------------------------------------------------- buckets
@@ -223,38 +200,92 @@ end
 -- ------------------------------------------------------------ load, save
 
 local function emptyKey()
-  return {hc = MIN_HISTORY, cm = NOTIME, mw = 0, rh = 0, rn = 0, id = 0, lt = NOTIME,
+  return {hc = MIN_HISTORY, cm = NOTIME, mw = 0, rn = 0, id = 0, lt = NOTIME, ring = '',
           open = {}, buckets = {}, tg = nil, exists = false}
+end
+
+-- The key's state is one string at MK, of big-endian doubles:
+--   HEAD    hc cm mw rn id lt, and how many open entries, bucket logs and
+--           taught records (0 or 1) follow
+--   ENTRY   per open entry: at id from expires state
+--   BUCKET  per bucket log: window width total n, then n (index, count)
+--   TAUGHT  holdUntil probing probeID probeAt budget budgetUntil budgetFrom
+--           informed learnedUntil replace waiters covered n, then n
+--           (count, window) learned
+-- and last the ring (K.rn send times).
+local HEAD, ENTRY, BUCKET, TAUGHT = '>ddddddddd', '>ddddd', '>dddd', '>ddddddddddddd'
+
+local formats = {} -- doubles(n) for n up to CHUNK
+local CHUNK = 256  -- the most values one struct call packs or unpacks
+local function doubles(n)
+  local f = formats[n]
+  if not f then
+    f = '>' .. string.rep('d', n)
+    formats[n] = f
+  end
+  return f
+end
+
+-- unpackDoubles reads n doubles of s from p into a new table; it returns
+-- the table and the position after them.
+local function unpackDoubles(s, p, n)
+  if n <= CHUNK then
+    local v = {struct.unpack(doubles(n), s, p)}
+    p = v[n + 1]
+    v[n + 1] = nil
+    return v, p
+  end
+  local v = {}
+  for i = 0, n - 1, CHUNK do
+    local k = math.min(CHUNK, n - i)
+    local c = {struct.unpack(doubles(k), s, p)}
+    p = c[k + 1]
+    for j = 1, k do v[i + j] = c[j] end
+  end
+  return v, p
+end
+
+-- packDoubles appends the doubles of v to parts.
+local function packDoubles(parts, v)
+  local n = #v
+  for i = 1, n, CHUNK do
+    local j = math.min(i + CHUNK - 1, n)
+    parts[#parts + 1] = struct.pack(doubles(j - i + 1), unpack(v, i, j))
+  end
 end
 
 -- load reads the key; K.exists is false when Redis holds nothing of it.
 local function load()
-  local h = redis.call('HGETALL', MK)
   K = emptyKey()
-  if #h == 0 then return end
+  local s = redis.call('GET', MK)
+  if not s then return end
   K.exists = true
-  local f = {}
-  for i = 1, #h, 2 do f[h[i]] = h[i + 1] end
-  K.hc, K.cm, K.mw = tonumber(f.hc), tonumber(f.cm), tonumber(f.mw)
-  K.rh, K.rn, K.id, K.lt = tonumber(f.rh), tonumber(f.rn), tonumber(f.id), tonumber(f.lt)
-  if f.o then
-    local flat = cmsgpack.unpack(f.o)
-    for p = 1, #flat, 5 do
-      K.open[#K.open + 1] = {at = flat[p], id = flat[p + 1], from = flat[p + 2], expires = flat[p + 3], state = flat[p + 4]}
-    end
+  local nopen, nbuckets, taught, p
+  K.hc, K.cm, K.mw, K.rn, K.id, K.lt, nopen, nbuckets, taught, p = struct.unpack(HEAD, s)
+  local open = K.open
+  for i = 1, nopen do
+    local e = {}
+    e.at, e.id, e.from, e.expires, e.state, p = struct.unpack(ENTRY, s, p)
+    open[i] = e
   end
-  if f.b then
-    for _, v in ipairs(cmsgpack.unpack(f.b)) do
-      K.buckets[#K.buckets + 1] = {window = v[1], width = v[2], total = v[3], slots = v[4]}
-    end
+  for i = 1, nbuckets do
+    local b, n = {}, 0
+    b.window, b.width, b.total, n, p = struct.unpack(BUCKET, s, p)
+    b.slots, p = unpackDoubles(s, p, 2 * n)
+    K.buckets[i] = b
   end
-  if f.tg then
-    local v = cmsgpack.unpack(f.tg)
-    K.tg = {holdUntil = v[1], probing = v[2] == 1, probeID = v[3], probeAt = v[4], budget = v[5],
-            budgetUntil = v[6], budgetFrom = v[7], informed = v[8] == 1, learnedUntil = v[9],
-            replace = v[10] == 1, waiters = v[11], covered = v[12] == 1, learned = {}}
-    for p = 13, #v, 2 do K.tg.learned[#K.tg.learned + 1] = {count = v[p], window = v[p + 1]} end
+  if taught == 1 then
+    local tg, n = {}, 0
+    tg.holdUntil, tg.probing, tg.probeID, tg.probeAt, tg.budget, tg.budgetUntil, tg.budgetFrom, tg.informed,
+      tg.learnedUntil, tg.replace, tg.waiters, tg.covered, n, p = struct.unpack(TAUGHT, s, p)
+    tg.probing, tg.informed, tg.replace, tg.covered = tg.probing == 1, tg.informed == 1, tg.replace == 1, tg.covered == 1
+    local v
+    v, p = unpackDoubles(s, p, 2 * n)
+    tg.learned = {}
+    for j = 1, n do tg.learned[j] = {count = v[2 * j - 1], window = v[2 * j]} end
+    K.tg = tg
   end
+  K.ring = string.sub(s, p, p + K.rn * 8 - 1)
 end
 
 local function b2n(b) if b then return 1 else return 0 end end
@@ -264,39 +295,28 @@ local function b2n(b) if b then return 1 else return 0 end end
 -- budget and learned windows.
 local function save()
   local horizon = t + math.max(K.mw, RECENT)
-  local flat = {}
-  for _, e in ipairs(K.open) do
-    flat[#flat + 1], flat[#flat + 2], flat[#flat + 3], flat[#flat + 4], flat[#flat + 5] = e.at, e.id, e.from, e.expires, e.state
+  local open, tg = K.open, K.tg
+  local parts = {struct.pack(HEAD, K.hc, K.cm, K.mw, K.rn, K.id, K.lt, #open, #K.buckets, b2n(tg ~= nil))}
+  for i, e in ipairs(open) do
+    parts[i + 1] = struct.pack(ENTRY, e.at, e.id, e.from, e.expires, e.state)
     if e.state == BOOKING then horizon = math.max(horizon, e.expires)
     elseif e.state == ONWAY then horizon = math.max(horizon, e.expires + STALE)
     else horizon = math.max(horizon, e.at + STALE) end
   end
-  local fields = {'hc', num(K.hc), 'cm', num(K.cm), 'mw', num(K.mw), 'rh', num(K.rh), 'rn', num(K.rn),
-                  'id', num(K.id), 'lt', num(K.lt)}
-  local del = {}
-  if #flat > 0 then
-    fields[#fields + 1], fields[#fields + 2] = 'o', cmsgpack.pack(flat)
-  else
-    del[#del + 1] = 'o'
+  for _, b in ipairs(K.buckets) do
+    parts[#parts + 1] = struct.pack(BUCKET, b.window, b.width, b.total, #b.slots / 2)
+    packDoubles(parts, b.slots)
   end
-  if #K.buckets > 0 then
-    local bs = {}
-    for _, b in ipairs(K.buckets) do bs[#bs + 1] = {b.window, b.width, b.total, b.slots} end
-    fields[#fields + 1], fields[#fields + 2] = 'b', cmsgpack.pack(bs)
-  end
-  local tg = K.tg
   if tg then
-    local v = {tg.holdUntil, b2n(tg.probing), tg.probeID, tg.probeAt, tg.budget, tg.budgetUntil, tg.budgetFrom,
-               b2n(tg.informed), tg.learnedUntil, b2n(tg.replace), tg.waiters, b2n(tg.covered)}
-    for _, l in ipairs(tg.learned) do v[#v + 1], v[#v + 2] = l.count, l.window end
-    fields[#fields + 1], fields[#fields + 2] = 'tg', cmsgpack.pack(v)
+    parts[#parts + 1] = struct.pack(TAUGHT, tg.holdUntil, b2n(tg.probing), tg.probeID, tg.probeAt, tg.budget,
+      tg.budgetUntil, tg.budgetFrom, b2n(tg.informed), tg.learnedUntil, b2n(tg.replace), tg.waiters, b2n(tg.covered),
+      #tg.learned)
+    for _, l in ipairs(tg.learned) do parts[#parts + 1] = struct.pack('>dd', l.count, l.window) end
     horizon = math.max(horizon, tg.holdUntil + PROBE_TIMEOUT, tg.budgetUntil, tg.learnedUntil)
   end
-  redis.call('HSET', MK, unpack(fields))
-  if #del > 0 then redis.call('HDEL', MK, unpack(del)) end
+  parts[#parts + 1] = K.ring
   local ttl = math.ceil((horizon - t) / 1000) + TTL_SLACK_MS
-  redis.call('PEXPIRE', MK, ttl)
-  if K.rn > 0 then redis.call('PEXPIRE', RK, ttl) end
+  redis.call('SET', MK, table.concat(parts), 'PX', ttl)
 end
 
 -- clock sets t: the caller's "now" (a test clock), or Redis TIME, never
