@@ -261,10 +261,16 @@ func trace(t *testing.T, s *redisstore.Store, clock *storetest.FakeClock) []byte
 					o.Period = l.Window
 				}
 			}
-			if rng.IntN(6) == 0 {
+			switch rng.IntN(6) {
+			case 0: // a window of the upstream's own, learned
 				o.Limits = []quota.Limit{{Count: 2 + rng.IntN(10), Window: 2 * time.Second}}
 				o.KeepFor = time.Minute
 				o.Replace = rng.IntN(2) == 0
+			case 1, 2: // the reported window, as the proxy passes it
+				if o.Period > 0 {
+					o.Limits = []quota.Limit{{Count: o.Limit, Window: o.Period + 10*time.Millisecond}}
+					o.KeepFor = max(2*o.Period, time.Minute)
+				}
 			}
 			must(s.Observe(ctx, name, o))
 			flush() // applied at this time
