@@ -332,11 +332,19 @@ local function clock()
   K.lt = t
 end
 
--- parseLimits reads "COUNT WINDOW COUNT WINDOW ...".
+-- parseLimits reads "COUNT WINDOW COUNT WINDOW ...". The lists it returns
+-- are kept for the next calls of a library (a proxy sends few distinct
+-- ones): nothing may change them.
+local parsed, nparsed = {}, 0
 local function parseLimits(s)
-  local ls, v = {}, {}
+  local ls = parsed[s]
+  if ls then return ls end
+  local v = {}
+  ls = {}
   for w in string.gmatch(s, '%S+') do v[#v + 1] = tonumber(w) end
   for p = 1, #v, 2 do ls[#ls + 1] = {count = v[p], window = v[p + 1]} end
+  if nparsed >= 256 then parsed, nparsed = {}, 0 end
+  parsed[s], nparsed = ls, nparsed + 1
   return ls
 end
 
@@ -390,13 +398,18 @@ end
 -- too long; in Redis also queued requests STALE past their slot (a replica
 -- that died with requests queued never releases nor cancels them).
 local function expire(now)
-  local kept = {}
-  for _, e in ipairs(K.open) do
+  local kept
+  for i, e in ipairs(K.open) do
     local drop = (e.state == BOOKING and now >= e.expires) or (e.state == ONWAY and now - e.expires >= STALE)
       or (e.state == QUEUED and now - e.at >= STALE)
-    if not drop then kept[#kept + 1] = e end
+    if drop and not kept then
+      kept = {}
+      for j = 1, i - 1 do kept[j] = K.open[j] end
+    elseif kept and not drop then
+      kept[#kept + 1] = e
+    end
   end
-  K.open = kept
+  if kept then K.open = kept end
 end
 
 -- atMost counts the open entries whose slot is <= c (they are in slot order).
@@ -734,8 +747,10 @@ end
 local function begin(ops)
   load()
   clock()
+  ops = ops or ARGV[2]
+  if ops == '' then return false end
   local applied = false
-  for line in string.gmatch(ops or ARGV[2], '[^\n]+') do
+  for line in string.gmatch(ops, '[^\n]+') do
     local v = {}
     local kind
     for w in string.gmatch(line, '%S+') do
