@@ -76,7 +76,7 @@ func (q *opQueue) carry(ctx context.Context, key string) (string, func(ok bool),
 		if !p.carrying {
 			ops, finish := q.takeLocked(key, p)
 			q.mu.Unlock()
-			return ops, finish, nil
+			return strings.Join(ops, "\n"), finish, nil
 		}
 		done := p.done
 		q.mu.Unlock()
@@ -94,10 +94,10 @@ func (q *opQueue) carry(ctx context.Context, key string) (string, func(ok bool),
 }
 
 // takeLocked takes every queued operation of p for one call.
-func (q *opQueue) takeLocked(key string, p *pendingOps) (string, func(ok bool)) {
+func (q *opQueue) takeLocked(key string, p *pendingOps) ([]string, func(ok bool)) {
 	taken, upTo, since := p.ops, p.queued, p.since
 	p.ops, p.carrying, p.done = nil, true, make(chan struct{})
-	return strings.Join(taken, "\n"), func(ok bool) {
+	return taken, func(ok bool) {
 		q.mu.Lock()
 		defer q.mu.Unlock()
 		p.carrying = false
@@ -118,7 +118,7 @@ func (q *opQueue) takeLocked(key string, p *pendingOps) (string, func(ok bool)) 
 
 // batch takes the operations of every key no call is carrying, for the
 // flusher.
-func (q *opQueue) batch() (keys []string, ops []string, finish []func(bool)) {
+func (q *opQueue) batch() (keys []string, ops [][]string, finish []func(bool)) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for key, p := range q.keys {

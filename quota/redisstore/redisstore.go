@@ -29,9 +29,11 @@ package redisstore
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -683,46 +685,67 @@ func (s *Store) flushOnce() {
 		return
 	}
 	now := s.tb.nowArg()
+	// A key with only settles queued gets them appended (settle.lua), to
+	// be applied by the next call that loads it; the others' operations
+	// are applied (applymany.lua). On a cluster each key is one call.
+	ws := make([]write, len(keys))
+	for i, key := range keys {
+		ws[i] = write{tag: tag(key), finish: finish[i]}
+		if recs, ok := settleRecords(ops[i]); ok {
+			ws[i].e, ws[i].arg = lib.settle, recs
+		} else {
+			ws[i].e, ws[i].arg = lib.applyMany, strings.Join(ops[i], "\n")
+		}
+	}
 	if _, single := s.rdb.(*redis.Client); single {
-		// One script for many keys: on a single Redis they may meet.
-		for lo := 0; lo < len(keys); lo += applyBatch {
-			hi := min(lo+applyBatch, len(keys))
-			names := make([]string, 0, hi-lo)
-			args := make([]any, 0, 2+hi-lo)
-			args = append(args, now, "")
-			for i := lo; i < hi; i++ {
-				names = append(names, s.keys(tag(keys[i]))...)
-				args = append(args, ops[i])
-			}
-			v, err := s.run(ctx, lib.applyMany, names, args...).Int64Slice()
-			for i := lo; i < hi; i++ {
-				if err == nil && i-lo < len(v) && v[i-lo] == 1 {
-					s.wakes.fire(tag(keys[i]))
+		// One call for many keys: on a single Redis they may meet.
+		for _, e := range []entry{lib.settle, lib.applyMany} {
+			var group []write
+			for _, w := range ws {
+				if w.e.fn == e.fn {
+					group = append(group, w)
 				}
-				finish[i](err == nil)
+			}
+			for lo := 0; lo < len(group); lo += applyBatch {
+				batch := group[lo:min(lo+applyBatch, len(group))]
+				names := make([]string, 0, len(batch))
+				args := make([]any, 0, 2+len(batch))
+				args = append(args, now, "")
+				for _, w := range batch {
+					names = append(names, s.keys(w.tag)...)
+					args = append(args, w.arg)
+				}
+				v, err := s.run(ctx, e, names, args...).Int64Slice()
+				for i, w := range batch {
+					if err == nil && i < len(v) && v[i] == 1 {
+						s.wakes.fire(w.tag)
+					}
+					w.finish(err == nil)
+				}
 			}
 		}
 	} else {
 		pipe := s.rdb.Pipeline()
-		cmds := make([]*redis.Cmd, len(keys))
+		cmds := make([]*redis.Cmd, len(ws))
 		functions := s.functions.Load()
-		for i, key := range keys {
+		for i, w := range ws {
 			if functions {
-				cmds[i] = pipe.FCall(ctx, lib.apply.fn, s.keys(tag(key)), now, ops[i])
+				cmds[i] = pipe.FCall(ctx, w.e.fn, s.keys(w.tag), now, "", w.arg)
 			} else {
-				cmds[i] = lib.apply.script.EvalSha(ctx, pipe, s.keys(tag(key)), now, ops[i])
+				cmds[i] = w.e.script.EvalSha(ctx, pipe, s.keys(w.tag), now, "", w.arg)
 			}
 		}
 		_, _ = pipe.Exec(ctx)
 		for i, cmd := range cmds {
+			w := ws[i]
 			if err := cmd.Err(); functionMissing(err) || redis.HasErrorPrefix(err, "NOSCRIPT") {
-				cmd = s.run(ctx, lib.apply, s.keys(tag(keys[i])), now, ops[i])
+				cmd = s.run(ctx, w.e, s.keys(w.tag), now, "", w.arg)
 			}
 			v, err := cmd.Int64Slice()
 			if err == nil && len(v) > 0 && v[0] == 1 {
-				s.wakes.fire(tag(keys[i]))
+				s.wakes.fire(w.tag)
 			}
-			finish[i](err == nil)
+			w.finish(err == nil)
 		}
 	}
 	if s.ops.pending() > 0 {
@@ -731,6 +754,45 @@ func (s *Store) flushOnce() {
 		default:
 		}
 	}
+}
+
+// write is what the flusher writes for one key: its operations applied
+// (applymany.lua), or its settles appended (settle.lua).
+type write struct {
+	tag    string
+	e      entry
+	arg    string
+	finish func(bool)
+}
+
+// settleRecords packs ops as settle.lua's records (big-endian doubles:
+// kind, then SLOT ID X for a settle, PREV 0 X for a later one) when every
+// one of them is a settle.
+func settleRecords(ops []string) (string, bool) {
+	b := make([]byte, 0, 32*len(ops))
+	for _, op := range ops {
+		f := strings.Fields(op)
+		var v [4]int64
+		switch {
+		case len(f) == 4 && f[0] == "S":
+			v[0] = 1
+		case len(f) == 3 && f[0] == "M":
+			v[0], f = 2, []string{f[0], f[1], "0", f[2]}
+		default:
+			return "", false
+		}
+		for j := 1; j < 4; j++ {
+			n, err := strconv.ParseInt(f[j], 10, 64)
+			if err != nil {
+				return "", false
+			}
+			v[j] = n
+		}
+		for _, x := range v {
+			b = binary.BigEndian.AppendUint64(b, math.Float64bits(float64(x)))
+		}
+	}
+	return string(b), true
 }
 
 // maintain refreshes the clock offset and the schema marker, and forgets

@@ -131,3 +131,50 @@ func TestMarginsAreSharedLatestWins(t *testing.T) {
 		t.Errorf("shared margin %v set at %v (%v), want 40ms at %v: the older setting replaced the newer", d, at, err, now)
 	}
 }
+
+// TestSettlesKeepTheKeyForItsWindowAndNeverRecreateIt: a settle written
+// without the rest of the key (appended to it) keeps the key at least its
+// longest window past the send, however little was left of its TTL; a
+// settle of a key Redis no longer holds (expired, flushed) writes nothing.
+func TestSettlesKeepTheKeyForItsWindowAndNeverRecreateIt(t *testing.T) {
+	rdb, err := redisstore.NewClient(redistest.URL(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	clock := storetest.NewFakeClock()
+	s := open(t, rdb, clock)
+	ctx := context.Background()
+	day := []quota.Limit{{Count: 10, Window: 24 * time.Hour}}
+	settle := func(key string) {
+		t.Helper()
+		r, err := s.Reserve(ctx, quota.Request{Key: key, Limits: day})
+		if err != nil || !r.OK {
+			t.Fatalf("reserve %s: %+v %v", key, r, err)
+		}
+		if err := rdb.PExpire(ctx, s.KeyNames(key)[0], 10*time.Second).Err(); err != nil {
+			t.Fatal(err) // as if the key had been written long ago
+		}
+		if key == "gone" {
+			if err := rdb.Del(ctx, s.KeyNames(key)[0]).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := s.Settle(ctx, r, clock.Now()); err != nil {
+			t.Fatal(err)
+		}
+		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := s.Flush(fctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settle("kept")
+	if ttl, err := rdb.PTTL(ctx, s.KeyNames("kept")[0]).Result(); err != nil || ttl < 24*time.Hour {
+		t.Errorf("after a settle the key lives %v more (%v), want at least its window, 24h", ttl, err)
+	}
+	settle("gone")
+	if n, err := rdb.Exists(ctx, s.KeyNames("gone")[0]).Result(); err != nil || n != 0 {
+		t.Errorf("a settle recreated a key Redis no longer held (%d, %v)", n, err)
+	}
+}

@@ -35,7 +35,7 @@ type library struct {
 	name string // rlp_ and a hash of the code: releases with other code load their own
 	code string // the FUNCTION LOAD source
 
-	reserve, release, apply, applyMany, cancel, hold, endProbe, inspect entry
+	reserve, release, applyMany, settle, cancel, hold, endProbe, inspect entry
 }
 
 var lib = newLibrary()
@@ -48,7 +48,7 @@ func newLibrary() *library {
 		}
 		return string(b)
 	}
-	names := []string{"reserve", "release", "apply", "applymany", "cancel", "hold", "endprobe", "inspect"}
+	names := []string{"reserve", "release", "applymany", "settle", "cancel", "hold", "endprobe", "inspect"}
 	key := read("key.lua")
 	h := sha1.New()
 	h.Write([]byte(key))
@@ -59,7 +59,7 @@ func newLibrary() *library {
 	var code strings.Builder
 	code.WriteString("#!lua name=" + l.name + "\n" + key + "\n")
 	entries := map[string]*entry{
-		"reserve": &l.reserve, "release": &l.release, "apply": &l.apply, "applymany": &l.applyMany,
+		"reserve": &l.reserve, "release": &l.release, "applymany": &l.applyMany, "settle": &l.settle,
 		"cancel": &l.cancel, "hold": &l.hold, "endprobe": &l.endProbe, "inspect": &l.inspect,
 	}
 	for _, n := range names {

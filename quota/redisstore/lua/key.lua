@@ -200,7 +200,7 @@ end
 -- ------------------------------------------------------------ load, save
 
 local function emptyKey()
-  return {hc = MIN_HISTORY, cm = NOTIME, mw = 0, rn = 0, id = 0, lt = NOTIME, ring = '',
+  return {hc = MIN_HISTORY, cm = NOTIME, mw = 0, rn = 0, id = 0, lt = NOTIME, ring = '', records = '',
           open = {}, buckets = {}, tg = nil, exists = false}
 end
 
@@ -212,8 +212,11 @@ end
 --   TAUGHT  holdUntil probing probeID probeAt budget budgetUntil budgetFrom
 --           informed learnedUntil replace waiters covered n, then n
 --           (count, window) learned
--- and last the ring (K.rn send times).
+-- then the ring (K.rn send times), and last the settles settle.lua
+-- appended since the key was written (RECORD each), which begin() applies.
 local HEAD, ENTRY, BUCKET, TAUGHT = '>ddddddddd', '>ddddd', '>dddd', '>ddddddddddddd'
+local HEAD_SIZE, RECORD, RECORD_SIZE = 72, '>dddd', 32
+local SETTLE, MOVE = 1, 2 -- the kinds of records: 1 SLOT ID X (S), 2 PREV 0 X (M)
 
 local formats = {} -- doubles(n) for n up to CHUNK
 local CHUNK = 256  -- the most values one struct call packs or unpacks
@@ -286,6 +289,7 @@ local function load()
     K.tg = tg
   end
   K.ring = string.sub(s, p, p + K.rn * 8 - 1)
+  K.records = string.sub(s, p + K.rn * 8)
 end
 
 local function b2n(b) if b then return 1 else return 0 end end
@@ -747,9 +751,19 @@ end
 local function begin(ops)
   load()
   clock()
-  ops = ops or ARGV[2]
-  if ops == '' then return false end
   local applied = false
+  local r = K.records
+  if r ~= '' then
+    -- queued before ops: settle.lua appended them
+    for p = 1, #r, RECORD_SIZE do
+      local kind, a, b, x = struct.unpack(RECORD, r, p)
+      if kind == SETTLE then applySettle(a, b, x) else applyMove(a, x) end
+    end
+    K.records = ''
+    applied = true
+  end
+  ops = ops or ARGV[2]
+  if ops == '' then return applied end
   for line in string.gmatch(ops, '[^\n]+') do
     local v = {}
     local kind
