@@ -90,9 +90,10 @@ type Store struct {
 	loadMu      sync.Mutex    // held while the library is loaded again
 	loads       atomic.Uint64 // counts the loads after the first
 
-	stop chan struct{}
-	wg   sync.WaitGroup
-	sub  *redis.PubSub
+	queue chan *queued // calls waiting for a sender
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	sub   *redis.PubSub
 }
 
 var (
@@ -125,6 +126,7 @@ func New(ctx context.Context, opts Options) (*Store, error) {
 		tb:      &timeBase{clock: opts.Clock},
 		ops:     newOpQueue(30 * time.Second),
 		wakes:   newWakes(),
+		queue:   make(chan *queued, 1024),
 		stop:    make(chan struct{}),
 	}
 	if err := s.getReady(ctx); errors.Is(err, ErrSchema) {
@@ -136,10 +138,13 @@ func New(ctx context.Context, opts Options) (*Store, error) {
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	_, _ = s.sub.Receive(rctx)
 	cancel()
-	s.wg.Add(3)
+	s.wg.Add(3 + senders)
 	go s.listen()
 	go s.flush()
 	go s.maintain()
+	for range senders {
+		go s.sender()
+	}
 	return s, nil
 }
 
@@ -275,10 +280,11 @@ func (s *Store) call(ctx context.Context, e entry, key string, wakeable func([]i
 	argv := make([]any, 0, 2+len(args))
 	argv = append(argv, s.tb.nowArg(), ops)
 	argv = append(argv, args...)
-	res, err := s.run(ctx, e, s.keys(t), argv...).Int64Slice()
+	var after func(error)
 	if finish != nil {
-		finish(err == nil)
+		after = func(err error) { finish(err == nil) }
 	}
+	res, err := s.send(ctx, e, s.keys(t), argv, after).Int64Slice()
 	if err != nil {
 		s.wakes.done(t, entry, false, false)
 		return nil, nil, fmt.Errorf("redisstore: %w", err)
