@@ -284,13 +284,34 @@ func (s *Store) call(ctx context.Context, e entry, key string, wakeable func([]i
 	if finish != nil {
 		after = func(err error) { finish(err == nil) }
 	}
-	res, err := s.send(ctx, e, s.keys(t), argv, after).Int64Slice()
+	res, err := int64s(s.send(ctx, e, s.keys(t), argv, after))
 	if err != nil {
 		s.wakes.done(t, entry, false, false)
 		return nil, nil, fmt.Errorf("redisstore: %w", err)
 	}
 	woke, wait := wakeable(res)
 	return res, s.wakes.done(t, entry, woke, wait), nil
+}
+
+// int64s reads an answer: numbers, or numbers packed as big-endian
+// doubles in one string (the answers of the hot paths).
+func int64s(cmd *redis.Cmd) ([]int64, error) {
+	v, err := cmd.Result()
+	if err != nil {
+		return nil, err
+	}
+	b, ok := v.(string)
+	if !ok {
+		return cmd.Int64Slice()
+	}
+	if len(b)%8 != 0 {
+		return nil, fmt.Errorf("an answer of %d bytes is not packed numbers", len(b))
+	}
+	out := make([]int64, len(b)/8)
+	for i := range out {
+		out[i] = int64(math.Float64frombits(binary.BigEndian.Uint64([]byte(b[8*i : 8*i+8]))))
+	}
+	return out, nil
 }
 
 // lastWoke reads the "woke" flag scripts return last.

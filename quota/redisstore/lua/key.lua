@@ -215,7 +215,7 @@ end
 -- then the ring (K.rn send times), and last the settles settle.lua
 -- appended since the key was written (RECORD each), which begin() applies.
 local HEAD, ENTRY, BUCKET, TAUGHT = '>ddddddddd', '>ddddd', '>dddd', '>ddddddddddddd'
-local HEAD_SIZE, RECORD, RECORD_SIZE = 72, '>dddd', 32
+local RECORD, RECORD_SIZE = '>dddd', 32
 local SETTLE, MOVE = 1, 2 -- the kinds of records: 1 SLOT ID X (S), 2 PREV 0 X (M)
 
 local formats = {} -- doubles(n) for n up to CHUNK
@@ -227,6 +227,12 @@ local function doubles(n)
     formats[n] = f
   end
   return f
+end
+
+-- packed is the answer of a call: its numbers as one string of doubles
+-- (no table to build, one bulk reply to read).
+local function packed(...)
+  return struct.pack(doubles(select('#', ...)), ...)
 end
 
 -- unpackDoubles reads n doubles of s from p into a new table; it returns

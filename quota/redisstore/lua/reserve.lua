@@ -1,8 +1,8 @@
 -- reserve.lua: Store.Reserve (MemoryStore.Reserve in quota/memory.go).
 -- ARGV[3] limits, [4] max wait, [5] max queue, [6] scout (1/0),
 -- [7] booking round, [8] grace, [9] early.
--- Returns {ok, now, at, slot, id, binding count, binding window, queue full,
--- held, probe, booked, wakeable, woke}.
+-- Returns (packed) ok, now, at, slot, id, binding count, binding window,
+-- queue full, held, probe, booked, wakeable, woke.
 begin()
 local req = parseLimits(ARGV[3])
 local maxWait, maxQueue, scout = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
@@ -15,8 +15,8 @@ track(limits, t)
 
 local function answer(ok, at, slot, id, binding, queueFull, held, probe, booked, wakeable)
   save()
-  return {b2n(ok), t, at, slot, id, binding.count, binding.window, b2n(queueFull), b2n(held), b2n(probe),
-          b2n(booked), b2n(wakeable), woke}
+  return packed(b2n(ok), t, at, slot, id, binding.count, binding.window, b2n(queueFull), b2n(held), b2n(probe),
+                b2n(booked), b2n(wakeable), woke)
 end
 
 -- decided: open entry i may leave at at; released when at is now.

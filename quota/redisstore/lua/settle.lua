@@ -15,17 +15,16 @@ else
 end
 for i = 1, #KEYS do
   local k, recs = KEYS[i], ARGV[2 + i]
-  local head = redis.call('GETRANGE', k, 0, HEAD_SIZE - 1)
-  if #head == HEAD_SIZE then
+  local mw = redis.call('GETRANGE', k, 16, 23) -- HEAD's mw, or '' when the key is gone
+  if #mw == 8 then
     redis.call('APPEND', k, recs)
-    local _, _, mw = struct.unpack(HEAD, head)
     local latest = NOTIME
     for p = 1, #recs, RECORD_SIZE do
       local _, _, _, x = struct.unpack(RECORD, recs, p)
       latest = math.max(latest, x)
     end
-    local ttl = math.ceil((latest + math.max(mw, RECENT) - now) / 1000) + TTL_SLACK_MS
-    if ttl > 0 and redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end
+    local need = math.ceil((latest + math.max(struct.unpack('>d', mw), RECENT) - now) / 1000)
+    if need > 0 and redis.call('PTTL', k) < need then redis.call('PEXPIRE', k, need + TTL_SLACK_MS) end
   end
 end
 return {}
