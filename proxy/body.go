@@ -101,6 +101,21 @@ func (b *bodyClock) expire() {
 	}
 }
 
+// lingerAfterTimeout is how long the proxy keeps reading (and dropping) a
+// timed-out request body after its 408 has left, as net/http does before
+// it closes a connection whose client may still be writing: a close with
+// unread bytes resets the connection, and the client, failing its write,
+// would report that instead of the 408 (or lose the 408 from its receive
+// buffer). net/http reads at most 256 KiB so.
+const lingerAfterTimeout = 500 * time.Millisecond
+
+// linger lets the rest of a timed-out body be read for lingerAfterTimeout
+// more: net/http sends the handler's answer, then closes the body (Close
+// leaves a timed-out body to it), reading it, and then the connection.
+func (b *bodyClock) linger() {
+	b.rc.SetReadDeadline(time.Now().Add(lingerAfterTimeout))
+}
+
 // stop stops the clock for good.
 func (b *bodyClock) stop() {
 	b.mu.Lock()
@@ -137,7 +152,14 @@ func (b *bodyClock) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *bodyClock) Close() error { return b.body.Close() }
+// Close closes the body, unless its time ran out: net/http closes it then,
+// after the answer left (see linger).
+func (b *bodyClock) Close() error {
+	if b.timedOut() {
+		return nil
+	}
+	return b.body.Close()
+}
 
 // bufferBody reads the body of req, a request with a policy, into memory
 // before admission when it may: a body whose length is known to be at most

@@ -95,6 +95,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 			x.status = http.StatusRequestTimeout
 			refuse(w, x.status, "REQUEST_BODY_TIMEOUT", "the request body did not arrive within "+
 				time.Duration(s.timeouts.ClientBody).String()+" (timeouts.client_body)")
+			clock.linger()
 		case errors.As(err, &cbe):
 			// The client's own failure, before anything was spent.
 			x.decision, x.err = decisionClientGone, cbe.Error()

@@ -138,6 +138,69 @@ func TestSlowBodyIsCutAtClientBody(t *testing.T) {
 	})
 }
 
+// TestTimedOutBodyIsReadWhileThe408Leaves: after a request body's time ran
+// out, the proxy sends its 408 at once and goes on reading what the client
+// still writes for a moment before it closes the connection. Closed at
+// once, the client's next write fails (a reset on TCP) and many clients
+// (Go's among them) report that failure instead of the 408.
+func TestTimedOutBodyIsReadWhileThe408Leaves(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		maxBody int // throttle.retry.max_body: the body is read before admission, or streams
+	}{{"read before admission", 1 << 10}, {"streamed upstream", 4}} {
+		t.Run(tt.name, func(t *testing.T) {
+			runSim(t, func(t *testing.T, s *sim) {
+				rec := s.recorder("upstream.test:80", false)
+				p := s.proxy("timeouts: {client_body: 5s}\n" + simUpstreamYAML(rec.addr(),
+					fmt.Sprintf("limits: [10/1s]\nthrottle: {retry: {max_body: %d}}\n", tt.maxBody)))
+				conn, err := s.net.Dial(context.Background(), "tcp", p.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				start := time.Now()
+				type reply struct {
+					status int
+					at     time.Duration
+					err    error
+				}
+				replies := make(chan reply, 1)
+				go func() {
+					resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+					if err != nil {
+						replies <- reply{err: err}
+						return
+					}
+					resp.Body.Close()
+					replies <- reply{status: resp.StatusCode, at: time.Since(start)}
+				}()
+				if _, err := io.WriteString(conn, "POST http://api.test/slow HTTP/1.1\r\nHost: api.test\r\napikey: k\r\nContent-Length: 100\r\n\r\nx"); err != nil {
+					t.Fatal(err)
+				}
+				// one byte every 100 ms, until a write fails
+				var failed time.Duration
+				for range 99 {
+					time.Sleep(100 * time.Millisecond)
+					if _, err := conn.Write([]byte("x")); err != nil {
+						failed = time.Since(start)
+						break
+					}
+				}
+				r := <-replies
+				if r.err != nil || r.status != http.StatusRequestTimeout {
+					t.Fatalf("the client read %d (%v), want 408", r.status, r.err)
+				}
+				if r.at != 5*time.Second {
+					t.Errorf("the 408 came %v after the request, want timeouts.client_body, 5s", r.at)
+				}
+				if failed == 0 || failed < r.at+400*time.Millisecond || failed > r.at+time.Second {
+					t.Errorf("the client's writes failed %v after the request, the 408 came at %v: want the connection read for about 500ms more, then closed", failed, r.at)
+				}
+			})
+		})
+	}
+}
+
 // TestStreamedSlowBodyKeepsRetryAfterTrue: a body too large to hold
 // (throttle.retry.max_body) streams upstream after admission; while it
 // trickles, the refusals of its key name a time at which a retry is
@@ -149,11 +212,15 @@ func TestStreamedSlowBodyKeepsRetryAfterTrue(t *testing.T) {
 		p := s.proxy("timeouts: {client_body: 10s}\n" + simUpstreamYAML(rec.addr(),
 			"limits: [1/1s]\nmode: reject\nwindow_margin: 10ms\nthrottle: {retry: {max_body: 4}}\n"))
 		c := p.client()
-		slow := make(chan answer, 1)
+		type result struct {
+			a   answer
+			err error
+		}
+		slow := make(chan result, 1)
 		slowIn := slowBody(t, 11, 2*time.Second)
 		go func() {
-			a, _ := post(c, "http://api.test/slow", "k", slowIn, 11)
-			slow <- a
+			a, err := post(c, "http://api.test/slow", "k", slowIn, 11)
+			slow <- result{a, err}
 		}()
 		synctest.Wait()
 		time.Sleep(500 * time.Millisecond)
@@ -169,8 +236,8 @@ func TestStreamedSlowBodyKeepsRetryAfterTrue(t *testing.T) {
 		if code, body, _ := get(t, c, "http://api.test/retry", "k"); code != 200 {
 			t.Fatalf("retry after the %ds the refusal named: %d %s, want 200", secs, code, body)
 		}
-		if a := <-slow; a.code != http.StatusRequestTimeout {
-			t.Errorf("the slow streamed body: %d %s, want 408 at timeouts.client_body", a.code, a.body)
+		if r := <-slow; r.err != nil || r.a.code != http.StatusRequestTimeout {
+			t.Errorf("the slow streamed body: %d %s (%v), want 408 at timeouts.client_body", r.a.code, r.a.body, r.err)
 		}
 		if secs > 13 {
 			t.Errorf("Retry-After %d: more than client_body, its slack and the window", secs)
