@@ -334,10 +334,10 @@ end
 local function clock()
   if ARGV[1] ~= '' then
     t = tonumber(ARGV[1])
-    return
+  else
+    local tm = redis.call('TIME')
+    t = tonumber(tm[1]) * SECOND + tonumber(tm[2])
   end
-  local tm = redis.call('TIME')
-  t = tonumber(tm[1]) * SECOND + tonumber(tm[2])
   if K.lt ~= NOTIME and t < K.lt then t = K.lt end
   K.lt = t
 end
