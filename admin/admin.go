@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -99,6 +100,9 @@ type endpoints struct {
 	opts      Options
 	rec       *Recorder
 	inspector quota.Inspector // nil when the store cannot describe keys
+
+	mu             sync.Mutex
+	sharedFailures uint64 // the shared store's failures counted in the metrics
 }
 
 func (a *endpoints) readyz(w http.ResponseWriter, r *http.Request) {

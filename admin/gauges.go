@@ -28,13 +28,22 @@ var (
 		"CONNECT tunnels to hosts without a policy, open now.", nil, nil)
 	reloadsDesc = prometheus.NewDesc("ratelimit_proxy_reloads_total",
 		"Configuration reloads applied.", nil, nil)
+	storeDownDesc = prometheus.NewDesc("ratelimit_proxy_store_down",
+		"1 while the shared quota store (Redis) fails and this replica decides by store.on_store_error, else 0; absent with the memory store.", nil, nil)
 )
+
+// fallbackStore is a shared store behind a fallback (quota/fallback):
+// its failures never reach the proxy as errors, so the metrics ask it.
+type fallbackStore interface {
+	Down() bool
+	Failures() uint64
+}
 
 // gauges is the collector of the metrics read at each scrape.
 type gauges struct{ a *endpoints }
 
 func (g gauges) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{queueDepthDesc, bookedDesc, learnedRemainingDesc, keysDesc, connsDesc, tunnelsDesc, reloadsDesc} {
+	for _, d := range []*prometheus.Desc{queueDepthDesc, bookedDesc, learnedRemainingDesc, keysDesc, connsDesc, tunnelsDesc, reloadsDesc, storeDownDesc} {
 		ch <- d
 	}
 	g.a.rec.storeErrors.Describe(ch)
@@ -84,6 +93,14 @@ func (g gauges) Collect(ch chan<- prometheus.Metric) {
 			u.remaining = least(u.remaining, max(st.Budget, 0))
 		}
 	}
+	if fb, ok := a.opts.Store.(fallbackStore); ok {
+		down := 0.0
+		if fb.Down() {
+			down = 1
+		}
+		ch <- prometheus.MustNewConstMetric(storeDownDesc, prometheus.GaugeValue, down)
+		a.countSharedFailures(fb.Failures())
+	}
 	a.rec.storeErrors.Collect(ch) // after the reads above: their failures count now
 	for name, u := range ups {
 		ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(u.keys), name)
@@ -95,5 +112,16 @@ func (g gauges) Collect(ch chan<- prometheus.Metric) {
 		if u.remaining >= 0 {
 			ch <- prometheus.MustNewConstMetric(learnedRemainingDesc, prometheus.GaugeValue, float64(u.remaining), name)
 		}
+	}
+}
+
+// countSharedFailures adds to store_errors_total{op="shared"} the failures
+// of the shared store since the last scrape: total is the fallback's count.
+func (a *endpoints) countSharedFailures(total uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if total > a.sharedFailures {
+		a.rec.storeErrors.WithLabelValues("shared").Add(float64(total - a.sharedFailures))
+		a.sharedFailures = total
 	}
 }

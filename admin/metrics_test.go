@@ -10,6 +10,7 @@ import (
 	"github.com/ratelimit-proxy/ratelimit-proxy/admin"
 	"github.com/ratelimit-proxy/ratelimit-proxy/decision"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota/fallback"
 )
 
 var minute = []quota.Limit{{Count: 1, Window: time.Minute}}
@@ -215,5 +216,48 @@ func TestRecorderForgetsTheLeastRecentKeys(t *testing.T) {
 	}
 	if strings.Join(got, " ") != "aaaaaaaaaaaa cccccccccccc" {
 		t.Errorf("remembered %v, want the two most recent (b was the least recently seen)", got)
+	}
+}
+
+// sharedDown is a shared store (Redis) that fails every call.
+type sharedDown struct{ *quota.MemoryStore }
+
+func (sharedDown) Reserve(context.Context, quota.Request) (quota.Reservation, error) {
+	return quota.Reservation{}, errDown
+}
+func (sharedDown) Ping(context.Context) error                      { return errDown }
+func (sharedDown) Record(string, []quota.Limit, []time.Time) error { return nil }
+
+// TestASharedStoreOutageShowsInReadyzAndMetrics: with a shared store behind
+// the fallback, requests are still decided while it fails, but /readyz
+// says the store does not answer, ratelimit_proxy_store_down is 1, and
+// store_errors_total{op="shared"} counts its failed calls once each.
+func TestASharedStoreOutageShowsInReadyzAndMetrics(t *testing.T) {
+	fb := fallback.New(sharedDown{quota.NewMemoryStore(nil)}, fallback.Options{Mode: fallback.Local, ProbeEvery: time.Hour})
+	defer fb.Close()
+	srv := newAdmin(t, admin.Options{Recorder: admin.NewRecorder(0), Store: fb})
+	fams := scrape(t, srv.URL)
+	if got, ok := sample(fams, "ratelimit_proxy_store_down", ""); !ok || got != 0 {
+		t.Errorf("store_down = %v (present %t) before any failure, want 0", got, ok)
+	}
+	if code, body, _ := fetch(t, srv.URL+"/readyz"); code != 503 || !strings.Contains(body, "store: connection refused") {
+		t.Errorf("/readyz with the shared store not answering: %d %q, want 503 naming the store", code, body)
+	}
+	for _, key := range []string{"a", "b"} { // the second is decided locally at once: one failure
+		if r, err := fb.Reserve(context.Background(), quota.Request{Key: key, Limits: []quota.Limit{{Count: 1, Window: time.Second}}}); err != nil || !r.OK {
+			t.Fatalf("reserve %s during the outage: %+v %v, want decided locally", key, r, err)
+		}
+	}
+	for range 2 { // a second scrape adds nothing new
+		fams = scrape(t, srv.URL)
+		if got, _ := sample(fams, "ratelimit_proxy_store_errors_total", "op=shared"); got != 1 {
+			t.Errorf("store_errors_total{op=shared} = %v after one failed call, want 1", got)
+		}
+		if got, _ := sample(fams, "ratelimit_proxy_store_down", ""); got != 1 {
+			t.Errorf("store_down = %v during the outage, want 1", got)
+		}
+	}
+	if code, body, _ := fetch(t, srv.URL+"/readyz"); code != 503 || !strings.Contains(body, "on_store_error local since") {
+		t.Errorf("/readyz during the outage: %d %q, want 503 saying how requests are decided", code, body)
 	}
 }

@@ -135,7 +135,7 @@ func NewRecorder(maxKeys int) *Recorder {
 		}, []string{"upstream"}),
 		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ratelimit_proxy_store_errors_total",
-			Help: "Failures of the quota store: op=admit when a request could not be decided, op=inspect when the admin endpoints could not read a key.",
+			Help: "Failures of the quota store: op=admit when a request could not be decided, op=inspect when the admin endpoints could not read a key, op=shared when the shared store (Redis) failed a call decided by store.on_store_error instead.",
 		}, []string{"op"}),
 	}
 }

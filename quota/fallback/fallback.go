@@ -120,18 +120,19 @@ type Store struct {
 	opts   Options
 	log    *zap.Logger
 
-	down    atomic.Bool
-	mu      sync.Mutex    // guards what follows
-	since   time.Time     // when the store went down
-	gen     atomic.Uint64 // counts the recoveries: calls made before one do not take the store down
-	cause   error
-	probing bool
-	replay  map[string]*replayKey
-	kept    int // sends in replay
-	dropped int // sends not kept (replay full)
-	holds   map[string]time.Time
-	stop    chan struct{}
-	wg      sync.WaitGroup
+	down     atomic.Bool
+	failures atomic.Uint64 // failed calls of the shared store, decided without it
+	mu       sync.Mutex    // guards what follows
+	since    time.Time     // when the store went down
+	gen      atomic.Uint64 // counts the recoveries: calls made before one do not take the store down
+	cause    error
+	probing  bool
+	replay   map[string]*replayKey
+	kept     int // sends in replay
+	dropped  int // sends not kept (replay full)
+	holds    map[string]time.Time
+	stop     chan struct{}
+	wg       sync.WaitGroup
 }
 
 // replayKey is what a key did locally while the shared store was down.
@@ -187,6 +188,25 @@ func (s *Store) Close() {
 // Down reports whether the store is deciding without the shared store.
 func (s *Store) Down() bool { return s.down.Load() }
 
+// Failures counts the calls the shared store failed (the caller's own
+// cancellations aside), each decided without it: the errors the fallback
+// hides from its callers, for a metric.
+func (s *Store) Failures() uint64 { return s.failures.Load() }
+
+// Ping reports whether the shared store answers, without changing the
+// mode: while the store decides without it, an error saying since when
+// and why (what a readiness check reports); else the shared store's own
+// Ping.
+func (s *Store) Ping(ctx context.Context) error {
+	if s.down.Load() {
+		s.mu.Lock()
+		since, cause := s.since, s.cause
+		s.mu.Unlock()
+		return fmt.Errorf("deciding with on_store_error %s since %s: %w", s.opts.Mode, since.UTC().Format(time.RFC3339), cause)
+	}
+	return s.shared.Ping(ctx)
+}
+
 // failed notes a failure of the shared store, for a call made while the
 // store was up in generation gen. A failure caused by the caller's own
 // context (the client left) is not the store's. A call made before the
@@ -197,6 +217,7 @@ func (s *Store) failed(ctx context.Context, gen uint64, err error) bool {
 	if err == nil || ctx.Err() != nil || errors.Is(err, quota.ErrNoKey) {
 		return false
 	}
+	s.failures.Add(1)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.down.Load() || gen != s.gen.Load() {

@@ -3,6 +3,7 @@ package fallback_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -337,5 +338,40 @@ func TestAClientLeavingIsNotAStoreFailure(t *testing.T) {
 	s.Reserve(ctx, quota.Request{Key: "k"})
 	if s.Down() {
 		t.Error("a cancelled caller turned the store to its fallback")
+	}
+}
+
+// TestPingReportsAnOutageTheFallbackHides: requests are still decided
+// while the shared store is down, but Ping (what /readyz asks) says it is
+// down, from the first failure until the store is back, and Failures
+// counts every failed call (what /metrics shows); Ping itself takes the
+// store neither down nor up.
+func TestPingReportsAnOutageTheFallbackHides(t *testing.T) {
+	sh := newShared(nil)
+	s := fallback.New(sh, fallback.Options{Mode: fallback.Local, ProbeEvery: time.Hour})
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.Ping(ctx); err != nil {
+		t.Fatalf("Ping with the shared store up: %v", err)
+	}
+	sh.down.Store(true)
+	if err := s.Ping(ctx); !errors.Is(err, errDown) {
+		t.Fatalf("Ping with the shared store failing: %v, want its error", err)
+	}
+	if s.Down() || s.Failures() != 0 {
+		t.Fatalf("a Ping took the store down (%t) or counted a failure (%d)", s.Down(), s.Failures())
+	}
+	for range 3 {
+		if r, err := s.Reserve(ctx, quota.Request{Key: "k", Limits: []quota.Limit{{Count: 10, Window: time.Second}}}); err != nil || !r.OK {
+			t.Fatalf("a request while the shared store is down: %+v, %v; want decided locally", r, err)
+		}
+	}
+	if got := s.Failures(); got != 1 {
+		t.Errorf("Failures = %d after the one call that found the store down (the next ones did not ask it), want 1", got)
+	}
+	sh.down.Store(false) // back, but the probe has not run yet
+	err := s.Ping(ctx)
+	if err == nil || !errors.Is(err, errDown) || !strings.Contains(err.Error(), "on_store_error local") {
+		t.Errorf("Ping while the fallback decides: %v, want the outage, its mode and its cause", err)
 	}
 }
