@@ -2,6 +2,7 @@ package redisstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -177,4 +178,37 @@ func TestSettlesKeepTheKeyForItsWindowAndNeverRecreateIt(t *testing.T) {
 	if n, err := rdb.Exists(ctx, s.KeyNames("gone")[0]).Result(); err != nil || n != 0 {
 		t.Errorf("a settle recreated a key Redis no longer held (%d, %v)", n, err)
 	}
+}
+
+// TestAnotherSchemaIsRefusedClearly: replicas of a release with another key
+// layout on the same Redis and prefix are refused at start, naming the
+// marker, both schemas and the way out; a release with the same schema
+// starts, and its own prefix stays free for the other release.
+func TestAnotherSchemaIsRefusedClearly(t *testing.T) {
+	rdb, err := redisstore.NewClient(redistest.URL(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	ctx := context.Background()
+	p := prefix()
+	if err := rdb.Set(ctx, p+":schema", "1", time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := redisstore.New(ctx, redisstore.Options{Client: rdb, Prefix: p, Timeout: 5 * time.Second})
+	if !errors.Is(err, redisstore.ErrSchema) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("New on a Redis holding schema 1: %v, want ErrSchema", err)
+	}
+	for _, want := range []string{p + ":schema", `"1"`, `"` + redisstore.Schema + `"`, "another prefix"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the refusal %q does not name %s", err, want)
+		}
+	}
+	if v, _ := rdb.Get(ctx, p+":schema").Result(); v != "1" {
+		t.Errorf("the refused store changed the marker to %q", v)
+	}
+	open(t, rdb, nil) // a prefix of its own: accepted, and claimed
 }
