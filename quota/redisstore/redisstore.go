@@ -17,9 +17,9 @@
 // call on the same key; until then other replicas count the request as on
 // its way, which is the safe side.
 //
-// A quota key is one Redis key, PREFIX:v2:{TAG}:m, where TAG is a hash of
+// A quota key is one Redis key, PREFIX:v3:{TAG}:m, where TAG is a hash of
 // the quota key (a hash tag: Redis Cluster runs a call on the node that
-// holds it) and v2 the schema version: a string of packed numbers (its
+// holds it) and v3 the schema version: a string of packed numbers (its
 // scalars, queue, bucket logs, what the upstream taught, and last its
 // latest send times), read with one GET and written with one SET by each
 // call, with a TTL of the longest window plus a minute. PREFIX:schema names the schema of the replicas
@@ -47,7 +47,7 @@ import (
 // Schema is the version of the key layout and of the scripts' meaning.
 // Replicas of releases with the same Schema share a Redis (a rolling
 // upgrade); a store refuses a Redis whose PREFIX:schema names another.
-const Schema = "2"
+const Schema = "3"
 
 // ErrSchema is returned when the Redis is used by replicas of another
 // schema.
@@ -355,7 +355,7 @@ func (s *Store) Reserve(ctx context.Context, req quota.Request) (quota.Reservati
 	}
 	res, wake, err := s.call(ctx, lib.reserve, req.Key, func(v []int64) (bool, bool) { return v[12] == 1, v[11] == 1 },
 		formatLimits(req.Limits), floorMicro(int64(req.MaxWait)), req.MaxQueue, scout,
-		durMicro(req.Book.Round), durMicro(req.Book.Grace), durMicro(req.Book.Early))
+		durMicro(req.Book.Round), durMicro(req.Book.Grace), durMicro(req.Book.Early), durMicro(req.Transit))
 	if err != nil {
 		return quota.Reservation{}, err
 	}

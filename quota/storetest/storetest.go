@@ -97,6 +97,9 @@ func Run(t *testing.T, open Factory) {
 		{"ReportWithoutItsWindowKeepsTheReserve", reportWithoutItsWindowKeepsTheReserve},
 		{"RefusalWhileTheBudgetIsSpentNamesTheReset", refusalWhileTheBudgetIsSpentNamesTheReset},
 		{"InspectDescribesAKey", inspectDescribesAKey},
+		{"TransitKeepsNamedTimesTrue", transitKeepsNamedTimesTrue},
+		{"TransitNeverLetsTheWindowOverflow", transitNeverLetsTheWindowOverflow},
+		{"TransitCountsForARetryThatTakesItsBooking", transitCountsForARetryThatTakesItsBooking},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

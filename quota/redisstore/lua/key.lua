@@ -201,20 +201,20 @@ end
 
 local function emptyKey()
   return {hc = MIN_HISTORY, cm = NOTIME, mw = 0, rn = 0, id = 0, lt = NOTIME, ring = '', records = '',
-          open = {}, buckets = {}, tg = nil, exists = false}
+          open = {}, transits = 0, buckets = {}, tg = nil, exists = false}
 end
 
 -- The key's state is one string at MK, of big-endian doubles:
 --   HEAD    hc cm mw rn id lt, and how many open entries, bucket logs and
 --           taught records (0 or 1) follow
---   ENTRY   per open entry: at id from expires state
+--   ENTRY   per open entry: at id from expires state transit
 --   BUCKET  per bucket log: window width total n, then n (index, count)
 --   TAUGHT  holdUntil probing probeID probeAt budget budgetUntil budgetFrom
 --           informed learnedUntil replace waiters covered n, then n
 --           (count, window) learned
 -- then the ring (K.rn send times), and last the settles settle.lua
 -- appended since the key was written (RECORD each), which begin() applies.
-local HEAD, ENTRY, BUCKET, TAUGHT = '>ddddddddd', '>ddddd', '>dddd', '>ddddddddddddd'
+local HEAD, ENTRY, BUCKET, TAUGHT = '>ddddddddd', '>dddddd', '>dddd', '>ddddddddddddd'
 local RECORD, RECORD_SIZE = '>dddd', 32
 local SETTLE, MOVE = 1, 2 -- the kinds of records: 1 SLOT ID X (S), 2 PREV 0 X (M)
 
@@ -274,8 +274,9 @@ local function load()
   local open = K.open
   for i = 1, nopen do
     local e = {}
-    e.at, e.id, e.from, e.expires, e.state, p = struct.unpack(ENTRY, s, p)
+    e.at, e.id, e.from, e.expires, e.state, e.transit, p = struct.unpack(ENTRY, s, p)
     open[i] = e
+    if e.transit > 0 then K.transits = K.transits + 1 end
   end
   for i = 1, nbuckets do
     local b, n = {}, 0
@@ -308,9 +309,9 @@ local function save()
   local open, tg = K.open, K.tg
   local parts = {struct.pack(HEAD, K.hc, K.cm, K.mw, K.rn, K.id, K.lt, #open, #K.buckets, b2n(tg ~= nil))}
   for i, e in ipairs(open) do
-    parts[i + 1] = struct.pack(ENTRY, e.at, e.id, e.from, e.expires, e.state)
+    parts[i + 1] = struct.pack(ENTRY, e.at, e.id, e.from, e.expires, e.state, e.transit)
     if e.state == BOOKING then horizon = math.max(horizon, e.expires)
-    elseif e.state == ONWAY then horizon = math.max(horizon, e.expires + STALE)
+    elseif e.state == ONWAY then horizon = math.max(horizon, e.expires + STALE + e.transit)
     else horizon = math.max(horizon, e.at + STALE) end
   end
   for _, b in ipairs(K.buckets) do
@@ -410,8 +411,9 @@ end
 local function expire(now)
   local kept
   for i, e in ipairs(K.open) do
-    local drop = (e.state == BOOKING and now >= e.expires) or (e.state == ONWAY and now - e.expires >= STALE)
+    local drop = (e.state == BOOKING and now >= e.expires) or (e.state == ONWAY and now - e.expires >= STALE + e.transit)
       or (e.state == QUEUED and now - e.at >= STALE)
+    if drop and e.transit > 0 then K.transits = K.transits - 1 end
     if drop and not kept then
       kept = {}
       for j = 1, i - 1 do kept[j] = K.open[j] end
@@ -450,17 +452,66 @@ end
 local function insertOpen(e)
   local i = atMost(e.at) + 1
   table.insert(K.open, i, e)
+  if e.transit > 0 then K.transits = K.transits + 1 end
   return i
 end
 
-local function moveOpen(i, at)
+local function removeOpen(i)
   local e = table.remove(K.open, i)
+  if e.transit > 0 then K.transits = K.transits - 1 end
+  return e
+end
+
+-- setTransit gives open entry i the transit d.
+local function setTransit(i, d)
+  local e = K.open[i]
+  if (e.transit > 0) ~= (d > 0) then
+    if d > 0 then K.transits = K.transits + 1 else K.transits = K.transits - 1 end
+  end
+  e.transit = d
+end
+
+local function moveOpen(i, at)
+  local e = removeOpen(i)
   e.at = at
   return insertOpen(e)
 end
 
+-- nthLatestInTransit is nthLatest for a key with entries in transit: it
+-- takes each open entry's effective time in turn (see key.go).
+local function nthLatestInTransit(n, c, now, skip)
+  local eff = {}
+  for i, e in ipairs(K.open) do
+    local from = math.max(e.at, now) -- the earliest it may still be sent
+    if i ~= skip and from <= c then
+      local untilT = from
+      if e.transit == 0 then
+      elseif e.state == ONWAY then untilT = math.max(now, e.expires + e.transit)
+      else untilT = from + e.transit end
+      eff[#eff + 1] = math.min(untilT, c)
+    end
+  end
+  table.sort(eff)
+  local a, b = #eff, K.rn - 1
+  while true do
+    local x
+    if a >= 1 and (b < 0 or eff[a] >= rget(b)) then
+      x = eff[a]
+      a = a - 1
+    elseif b >= 0 then
+      x = rget(b)
+      b = b - 1
+    else
+      return 0, false
+    end
+    n = n - 1
+    if n == 0 then return x, true end
+  end
+end
+
 -- nthLatest (1-based skip, 0 for none): see key.go.
 local function nthLatest(n, c, now, skip)
+  if K.transits > 0 then return nthLatestInTransit(n, c, now, skip) end
   local es = K.open
   local hi = atMost(c)
   local lo = math.min(atMost(now), hi)
@@ -724,7 +775,7 @@ local function applySettle(slot, id, x)
   local i = find(slot, id)
   if i == 0 then return end
   x = math.max(x, K.open[i].at)
-  table.remove(K.open, i)
+  removeOpen(i)
   addSent(x)
 end
 

@@ -1,12 +1,13 @@
 -- reserve.lua: Store.Reserve (MemoryStore.Reserve in quota/memory.go).
 -- ARGV[3] limits, [4] max wait, [5] max queue, [6] scout (1/0),
--- [7] booking round, [8] grace, [9] early.
+-- [7] booking round, [8] grace, [9] early, [10] transit.
 -- Returns (packed) ok, now, at, slot, id, binding count, binding window,
 -- queue full, held, probe, booked, wakeable, woke.
 begin()
 local req = parseLimits(ARGV[3])
 local maxWait, maxQueue, scout = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
 local round, grace, early = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local transit = tonumber(ARGV[10])
 K.exists = true
 expire(t)
 prune(t)
@@ -36,6 +37,7 @@ if i > 0 then
   local slot, at, binding, held, wakeable = earliest(limits, math.max(t, e.at), t, i, e.id, scout)
   if at < e.expires then
     K.open[i].state = QUEUED
+    setTransit(i, transit)
     return decided(moveOpen(i, slot), at, binding, held, wakeable)
   end
 end
@@ -65,7 +67,7 @@ else
   end
   local told = at
   if round > 0 then told = t + floorDiv(at - t + round - 1, round) * round end
-  insertOpen({at = told, id = id, state = BOOKING, from = told - early, expires = told + grace})
+  insertOpen({at = told, id = id, state = BOOKING, from = told - early, expires = told + grace, transit = 0})
   return answer(false, told, 0, 0, binding, false, held, false, true, false)
 end
-return decided(insertOpen({at = slot, id = id, from = 0, expires = 0, state = QUEUED}), at, binding, held, wakeable)
+return decided(insertOpen({at = slot, id = id, from = 0, expires = 0, state = QUEUED, transit = transit}), at, binding, held, wakeable)
