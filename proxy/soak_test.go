@@ -126,11 +126,11 @@ type countingLog struct {
 
 func (l *countingLog) Write(p []byte) (int, error) {
 	s := string(p)
-	msg := between(s, `"msg":"`, `"`)
+	msg := textBetween(s, `"msg":"`, `"`)
 	l.mu.Lock()
 	l.counts[msg]++
 	if msg == "resource limit reached" {
-		l.limits[between(s, `"resource":"`, `"`)]++
+		l.limits[textBetween(s, `"resource":"`, `"`)]++
 	}
 	l.mu.Unlock()
 	return len(p), nil
@@ -138,7 +138,7 @@ func (l *countingLog) Write(p []byte) (int, error) {
 
 func (l *countingLog) Sync() error { return nil }
 
-func between(s, from, to string) string {
+func textBetween(s, from, to string) string {
 	_, rest, ok := strings.Cut(s, from)
 	if !ok {
 		return ""
@@ -598,7 +598,7 @@ func (w *soakWorld) measure() soakState {
 	}
 	if status, err := os.ReadFile("/proc/self/status"); err == nil {
 		var kb uint64
-		fmt.Sscanf(between(string(status), "VmRSS:", "kB"), "%d", &kb)
+		fmt.Sscanf(textBetween(string(status), "VmRSS:", "kB"), "%d", &kb)
 		st.rss = kb << 10
 	}
 	return st
