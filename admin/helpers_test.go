@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,26 +15,15 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/ratelimit-proxy/ratelimit-proxy/admin"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota/storetest"
 )
 
-// fakeClock is a store clock that moves only when told.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2026, 11, 24, 6, 0, 0, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
+// newFakeClock is a store clock that moves only when told, at a fixed
+// date.
+func newFakeClock() *storetest.FakeClock {
+	c := storetest.NewFakeClock()
+	c.Set(time.Date(2026, 11, 24, 6, 0, 0, 0, time.UTC))
+	return c
 }
 
 // newAdmin serves the admin endpoints of rec and store.

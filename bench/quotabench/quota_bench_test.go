@@ -23,6 +23,7 @@ import (
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota/redisstore"
 	"github.com/ratelimit-proxy/ratelimit-proxy/quota/redisstore/redistest"
+	"github.com/ratelimit-proxy/ratelimit-proxy/quota/storetest"
 )
 
 // stores lists the backends measured. Each constructor returns a fresh,
@@ -233,7 +234,7 @@ func BenchmarkBytesPerBusyKey(b *testing.B) {
 				ctx := context.Background()
 				var perKey float64
 				for range b.N {
-					clock := &manualClock{now: time.Unix(1_700_000_000, 0)}
+					clock := storetest.NewFakeClock()
 					before := heapInUse()
 					s, done := st.new(b, clock)
 					send := func(key string) {
@@ -247,9 +248,9 @@ func BenchmarkBytesPerBusyKey(b *testing.B) {
 					}
 					for step := range steps {
 						if step < steps-400 {
-							clock.advance(24 * time.Hour / (steps - 400))
+							clock.Advance(24 * time.Hour / (steps - 400))
 						} else {
-							clock.advance(10 * time.Millisecond) // a burst fills the exact history
+							clock.Advance(10 * time.Millisecond) // a burst fills the exact history
 						}
 						for k := range keys {
 							send(proxyKey(k))
@@ -288,22 +289,4 @@ func redisBytesPerKey(b *testing.B, s quota.Store, keys int) float64 {
 		}
 	}
 	return float64(total) / float64(keys)
-}
-
-// manualClock moves only when told.
-type manualClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *manualClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *manualClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
 }
