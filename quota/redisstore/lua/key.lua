@@ -330,15 +330,18 @@ local function save()
   redis.call('SET', MK, table.concat(parts), 'PX', ttl)
 end
 
--- clock sets t: the caller's "now" (a test clock), or Redis TIME, never
--- earlier than a time this key already saw.
+-- callTime is the call's time: the caller's "now" (a test clock), or
+-- Redis TIME.
+local function callTime()
+  if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
+  local tm = redis.call('TIME')
+  return tonumber(tm[1]) * SECOND + tonumber(tm[2])
+end
+
+-- clock sets t: the call's time, never earlier than a time this key
+-- already saw.
 local function clock()
-  if ARGV[1] ~= '' then
-    t = tonumber(ARGV[1])
-  else
-    local tm = redis.call('TIME')
-    t = tonumber(tm[1]) * SECOND + tonumber(tm[2])
-  end
+  t = callTime()
   if K.lt ~= NOTIME and t < K.lt then t = K.lt end
   K.lt = t
 end

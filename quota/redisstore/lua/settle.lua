@@ -6,13 +6,7 @@
 -- A key Redis no longer holds is skipped (applySettle ignores it too); a
 -- key that is kept lives at least its longest window past the latest send
 -- recorded. Returns nothing.
-local now
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
-else
-  local tm = redis.call('TIME')
-  now = tonumber(tm[1]) * SECOND + tonumber(tm[2])
-end
+local now = callTime()
 for i = 1, #KEYS do
   local k, recs = KEYS[i], ARGV[2 + i]
   local mw = redis.call('GETRANGE', k, 16, 23) -- HEAD's mw, or '' when the key is gone
